@@ -1,0 +1,1 @@
+//! STUN helpers (placeholder until the stunner work lands).
