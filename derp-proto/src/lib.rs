@@ -25,3 +25,6 @@ pub mod stun;
 pub use error::{DecodeError, HandshakeError};
 pub use frame::{ClientToServer, FrameDecoder, FrameType, RawFrame, ServerToClient};
 pub use key::{MeshKey, NodePublicKey, NodeSecretKey};
+
+#[cfg(feature = "tokio")]
+pub mod io;
