@@ -1,0 +1,776 @@
+//! The `pairs` scenario: N pairs of simulated peers exchanging WireGuard-shaped packets.
+//!
+//! A run has three phases, each with its own deadline so the whole never outlives
+//! `setup_timeout + duration + drain + a grace second`:
+//!
+//! 1. **Setup**, per pair: both peers dial and handshake; with a NAT mix, each also learns its
+//!    mapped address by STUN through its simulated NAT, sends CallMeMaybe over DERP and disco
+//!    pings over UDP, and settles on a direct path (pong received) or the relay.
+//! 2. **Data**: from a common start instant, every peer sends to its partner (rate-limited or as
+//!    fast as the connection drains) until the common end, over its chosen path.
+//! 3. **Drain**: receivers keep counting for a short while so packets in flight are not lost.
+//!
+//! A pair that fails at setup is reported and left out; a peer that fails during data is
+//! reported and the rest carry on.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use derp_proto::io::{Client, ClientReader, ClientWriter};
+use derp_proto::{NodePublicKey, NodeSecretKey, ServerToClient};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::dial::DialOptions;
+use crate::disco::{DiscoKey, DiscoMessage, SharedBox};
+use crate::nat::{self, NatKind, NatMix, NatSocket, StunServer};
+use crate::payload::{self, DecodePacketError, PacketCodec};
+use crate::report::Report;
+use crate::stats::{Histogram, Progress, RecvTracker};
+
+/// Packets queued before one flush when sending as fast as possible: enough to amortise the
+/// write syscall, few enough that the first packet's latency stays small.
+const DEFAULT_BATCH: usize = 32;
+
+/// Options of a `pairs` run.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PairsConfig {
+    /// How to reach the relay(s).
+    #[serde(skip)]
+    pub dial: DialOptions,
+    /// Number of pairs.
+    pub pairs: u64,
+    /// Index of this shard's first pair (worker processes and Job pods use disjoint ranges).
+    pub first_pair: u64,
+    /// Size of each data packet in bytes.
+    pub size: usize,
+    /// Packets per second per sending peer; `None` sends as fast as the connection drains.
+    pub rate: Option<f64>,
+    /// Length of the data phase.
+    pub duration: Duration,
+    /// How long receivers keep counting after senders stop.
+    pub drain: Duration,
+    /// Budget for the whole setup phase (dial, handshake, hole punching of every pair).
+    pub setup_timeout: Duration,
+    /// Pairs set up at once.
+    pub connect_concurrency: usize,
+    /// Put the two peers of a pair on different relays (the `mesh` scenario).
+    pub cross_relay: bool,
+    /// Only the first peer of each pair sends (the second only receives).
+    pub one_way: bool,
+    /// NAT behaviours and their weights; `None` skips STUN and disco (relay only).
+    #[serde(serialize_with = "ser_mix")]
+    pub nat_mix: Option<NatMix>,
+    /// STUN server for mapped-address discovery; `None` starts one in-process.
+    pub stun: Option<SocketAddr>,
+    /// How long hole punching may take per pair before falling back to the relay.
+    pub punch_timeout: Duration,
+    /// Packets per flush when sending at full speed.
+    pub batch: usize,
+    /// Print live progress to stderr once a second.
+    pub progress: bool,
+    /// Deliberate damage for testing the integrity checks.
+    pub faults: Faults,
+}
+
+fn ser_mix<S: serde::Serializer>(m: &Option<NatMix>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&m.as_ref().map(|m| format!("{m:?}")).unwrap_or_default())
+}
+
+/// Sender-side damage, so tests can prove the receiver notices it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[non_exhaustive]
+pub struct Faults {
+    /// Flip a byte in every Nth data packet after sealing.
+    pub corrupt_every: Option<u64>,
+    /// Skip sending every Nth data packet (counted as sent).
+    pub drop_every: Option<u64>,
+    /// Send every Nth data packet twice (counted once).
+    pub duplicate_every: Option<u64>,
+}
+
+impl PairsConfig {
+    /// Defaults: 1 pair, 1 280-byte packets at 100 packets/s for 5 s, relay only.
+    pub fn new(dial: DialOptions) -> Self {
+        Self {
+            dial,
+            pairs: 1,
+            first_pair: 0,
+            size: 1_280,
+            rate: Some(100.0),
+            duration: Duration::from_secs(5),
+            drain: Duration::from_millis(500),
+            setup_timeout: Duration::from_secs(30),
+            connect_concurrency: 256,
+            cross_relay: false,
+            one_way: false,
+            nat_mix: None,
+            stun: None,
+            punch_timeout: Duration::from_secs(3),
+            batch: DEFAULT_BATCH,
+            progress: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A peer ready for the data phase.
+struct ReadyPeer {
+    name: String,
+    client: Client,
+    partner: NodePublicKey,
+    codec: PacketCodec,
+    nat: Option<(NatKind, NatSocket)>,
+    /// Confirmed direct path to the partner.
+    direct: Option<SocketAddr>,
+    initiator: bool,
+}
+
+/// Runs the scenario and returns a finalized (not yet judged) report.
+pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
+    if cfg.dial.urls.is_empty() {
+        bail!("no relay URL");
+    }
+    if cfg.size > derp_proto::consts::MAX_PACKET_SIZE {
+        bail!("packet size {} exceeds 64 KiB", cfg.size);
+    }
+    let scenario = if cfg.cross_relay { "mesh" } else { "pairs" };
+    let mut report = Report::new(scenario, &cfg.dial.urls.join(","));
+    report.config = serde_json::to_value(cfg)?;
+    report.peers.requested = 2 * cfg.pairs;
+    let epoch = Instant::now();
+    let progress = Arc::new(Progress::default());
+    let _printer = cfg
+        .progress
+        .then(|| crate::spawn_progress(Arc::clone(&progress), epoch));
+
+    // An in-process STUN server when a NAT mix needs one and none was given.
+    let local_stun = match (&cfg.nat_mix, cfg.stun) {
+        (Some(_), None) => Some(StunServer::spawn([127, 0, 0, 1].into()).await?),
+        _ => None,
+    };
+    let stun_addr = cfg.stun.or(local_stun.as_ref().map(|s| s.addr));
+
+    // Phase 1: setup.
+    let ready = setup_all(cfg, stun_addr, &progress, &mut report).await;
+    report.peers.connected = progress
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    // Phase 2 and 3: data and drain, from a common start.
+    let start = Instant::now() + Duration::from_millis(50);
+    let end = start + cfg.duration;
+    let stop = end + cfg.drain;
+    let hard = stop + Duration::from_secs(1);
+    let mut tasks = JoinSet::new();
+    for p in ready {
+        report.paths.direct += u64::from(p.direct.is_some());
+        report.paths.relayed += u64::from(p.direct.is_none());
+        if let Some((kind, _)) = &p.nat {
+            let e = report.nat.entry(kind.name().to_owned()).or_default();
+            e.peers += 1;
+            e.direct += u64::from(p.direct.is_some());
+        }
+        spawn_peer(&mut tasks, cfg, p, epoch, start, end, stop, &progress);
+    }
+    let mut hist = Histogram::default();
+    loop {
+        match tokio::time::timeout_at(hard, tasks.join_next()).await {
+            Ok(Some(Ok(out))) => absorb(&mut report, &mut hist, out),
+            Ok(Some(Err(e))) => report.push_error("task", "data", e),
+            Ok(None) => break,
+            Err(_) => {
+                let left = tasks.len();
+                tasks.abort_all();
+                report.push_error(
+                    format!("{left} tasks"),
+                    "data",
+                    "still running at hard deadline; aborted",
+                );
+                break;
+            }
+        }
+    }
+    report.measured_secs = cfg.duration.as_secs_f64();
+    report.latency_us.histogram = hist;
+    report.peers.failed = report
+        .peers
+        .requested
+        .saturating_sub(report.peers.connected)
+        .max(report.errors_total.min(report.peers.requested));
+    report.finalize();
+    Ok(report)
+}
+
+async fn setup_all(
+    cfg: &PairsConfig,
+    stun: Option<SocketAddr>,
+    progress: &Arc<Progress>,
+    report: &mut Report,
+) -> Vec<ReadyPeer> {
+    let deadline = Instant::now() + cfg.setup_timeout;
+    let sem = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for k in 0..cfg.pairs {
+        let pair = cfg.first_pair + k;
+        let cfg = cfg.clone();
+        let sem = Arc::clone(&sem);
+        let progress = Arc::clone(progress);
+        set.spawn(async move {
+            // The semaphore is never closed, so acquire only fails if it were; then go anyway.
+            let _permit = sem.acquire_owned().await.ok();
+            setup_pair(&cfg, pair, stun, &progress).await
+        });
+    }
+    let mut ready = Vec::with_capacity(2 * cfg.pairs as usize);
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok(Ok(peers)))) => ready.extend(peers),
+            Ok(Some(Ok(Err(errs)))) => {
+                for (peer, stage, e) in errs {
+                    Progress::add(&progress.errors, 1);
+                    report.push_error(peer, stage, format!("{e:#}"));
+                }
+            }
+            Ok(Some(Err(e))) => report.push_error("setup task", "connect", e),
+            Ok(None) => break,
+            Err(_) => {
+                let left = set.len();
+                set.abort_all();
+                for _ in 0..left {
+                    report.push_error(
+                        "pair",
+                        "setup",
+                        format!("setup not finished within {:?}", cfg.setup_timeout),
+                    );
+                }
+                break;
+            }
+        }
+    }
+    ready
+}
+
+type SetupErrors = Vec<(String, &'static str, anyhow::Error)>;
+
+async fn setup_pair(
+    cfg: &PairsConfig,
+    pair: u64,
+    stun: Option<SocketAddr>,
+    progress: &Progress,
+) -> Result<[ReadyPeer; 2], SetupErrors> {
+    let names = [format!("pair {pair} a"), format!("pair {pair} b")];
+    let keys = [NodeSecretKey::generate(), NodeSecretKey::generate()];
+    let pubs = [keys[0].public_key(), keys[1].public_key()];
+    let urls = if cfg.cross_relay {
+        [pair as usize, pair as usize + 1]
+    } else {
+        [pair as usize; 2]
+    };
+    let (ca, cb) = tokio::join!(
+        cfg.dial.connect(keys[0].clone(), 2 * pair, urls[0]),
+        cfg.dial.connect(keys[1].clone(), 2 * pair + 1, urls[1]),
+    );
+    let mut errs: SetupErrors = Vec::new();
+    for r in [&ca, &cb] {
+        if r.is_ok() {
+            Progress::add(&progress.connected, 1);
+        }
+    }
+    let (mut ca, mut cb) = match (ca, cb) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            if let Err(e) = a {
+                errs.push((names[0].clone(), "connect", e));
+            }
+            if let Err(e) = b {
+                errs.push((names[1].clone(), "connect", e));
+            }
+            return Err(errs);
+        }
+    };
+    let key: [u8; 32] = rand::random();
+    let codec = PacketCodec::new(pair as u32, key);
+    let mut nats = [None, None];
+    let mut direct = [None, None];
+    if let (Some(mix), Some(stun)) = (&cfg.nat_mix, stun) {
+        let kinds = [mix.pick(2 * pair), mix.pick(2 * pair + 1)];
+        let (na, nb) = tokio::join!(
+            nat::spawn(kinds[0], nat::public_ip(2 * pair)),
+            nat::spawn(kinds[1], nat::public_ip(2 * pair + 1)),
+        );
+        let (mut na, mut nb) = match (na, nb) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                for (i, r) in [a.err(), b.err()].into_iter().enumerate() {
+                    if let Some(e) = r {
+                        errs.push((names[i].clone(), "nat", e));
+                    }
+                }
+                return Err(errs);
+            }
+        };
+        let disco = [DiscoKey::generate(), DiscoKey::generate()];
+        let boxes = [
+            disco[0].shared(&disco[1].public()),
+            disco[1].shared(&disco[0].public()),
+        ];
+        let (da, db) = tokio::join!(
+            punch(
+                &mut ca,
+                &mut na,
+                pubs[0],
+                pubs[1],
+                &boxes[0],
+                stun,
+                cfg.punch_timeout
+            ),
+            punch(
+                &mut cb,
+                &mut nb,
+                pubs[1],
+                pubs[0],
+                &boxes[1],
+                stun,
+                cfg.punch_timeout
+            ),
+        );
+        for (i, r) in [da, db].into_iter().enumerate() {
+            match r {
+                Ok(d) => direct[i] = d,
+                Err(e) => errs.push((names[i].clone(), "punch", e)),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        nats = [Some((kinds[0], na)), Some((kinds[1], nb))];
+    }
+    let [na, nb] = nats;
+    let [na_name, nb_name] = names;
+    Ok([
+        ReadyPeer {
+            name: na_name,
+            client: ca,
+            partner: pubs[1],
+            codec: codec.clone(),
+            nat: na,
+            direct: direct[0],
+            initiator: true,
+        },
+        ReadyPeer {
+            name: nb_name,
+            client: cb,
+            partner: pubs[0],
+            codec,
+            nat: nb,
+            direct: direct[1],
+            initiator: false,
+        },
+    ])
+}
+
+/// How often CallMeMaybe is resent over DERP while punching (it may race the partner's login).
+const CALL_ME_MAYBE_EVERY: Duration = Duration::from_millis(250);
+/// How often each candidate is pinged while punching.
+const PING_EVERY: Duration = Duration::from_millis(100);
+
+/// Discovers our mapped address and tries to punch a direct path to `partner`.
+///
+/// Returns the confirmed direct address, or `None` to fall back to the relay. Ends as soon as
+/// we both hold a pong (our path works) and have answered one of the partner's pings (so the
+/// partner's path works too), or at the punch deadline.
+pub async fn punch(
+    client: &mut Client,
+    sock: &mut NatSocket,
+    me: NodePublicKey,
+    partner: NodePublicKey,
+    disco: &SharedBox,
+    stun: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let deadline = Instant::now() + timeout;
+    let mapped = nat::stun_mapped(sock, stun, 3, Duration::from_millis(300)).await?;
+    let cmm = disco.seal(&DiscoMessage::CallMeMaybe(vec![mapped]));
+    let mut candidates: Vec<SocketAddr> = Vec::new();
+    let mut txids: HashSet<[u8; 12]> = HashSet::new();
+    let mut confirmed = None;
+    let mut answered = false;
+    let mut cmm_tick = tokio::time::interval(CALL_ME_MAYBE_EVERY);
+    let mut ping_tick = tokio::time::interval(PING_EVERY);
+    while !(confirmed.is_some() && answered) {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = cmm_tick.tick(), if confirmed.is_none() => {
+                client.send_packet(&partner, &cmm).await.context("send CallMeMaybe")?;
+            }
+            _ = ping_tick.tick(), if confirmed.is_none() => {
+                for c in &candidates {
+                    let txid: [u8; 12] = rand::random();
+                    txids.insert(txid);
+                    let ping = disco.seal(&DiscoMessage::Ping { txid, node_key: me });
+                    sock.tx.send((*c, ping)).await.context("NAT gone")?;
+                }
+            }
+            m = client.recv() => {
+                if let ServerToClient::RecvPacket { src, packet } = m.context("DERP recv")?
+                    && src == partner
+                    && let Some(DiscoMessage::CallMeMaybe(eps)) = disco.open(&packet)
+                {
+                    for ep in eps {
+                        if !candidates.contains(&ep) {
+                            candidates.push(ep);
+                        }
+                    }
+                }
+            }
+            d = sock.rx.recv() => {
+                let Some((src, payload)) = d else { bail!("NAT gone") };
+                match disco.open(&payload) {
+                    Some(DiscoMessage::Ping { txid, .. }) => {
+                        let pong = disco.seal(&DiscoMessage::Pong { txid, src });
+                        sock.tx.send((src, pong)).await.context("NAT gone")?;
+                        answered = true;
+                        // Tailscale pings a ping's source too: it may be a mapping we did not
+                        // hear of (the partner's NAT picked a new port for us).
+                        if !candidates.contains(&src) {
+                            candidates.push(src);
+                        }
+                    }
+                    Some(DiscoMessage::Pong { txid, .. }) if txids.contains(&txid) => {
+                        confirmed = Some(src);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(confirmed)
+}
+
+/// What one peer's task hands back.
+enum PeerOutcome {
+    Sent {
+        sent: u64,
+        error: Option<(String, String)>,
+    },
+    Received {
+        rx: Box<Receiver>,
+        error: Option<(String, String)>,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_peer(
+    tasks: &mut JoinSet<PeerOutcome>,
+    cfg: &PairsConfig,
+    p: ReadyPeer,
+    epoch: Instant,
+    start: Instant,
+    end: Instant,
+    stop: Instant,
+    progress: &Arc<Progress>,
+) {
+    let (reader, writer) = p.client.split();
+    let (udp_tx, udp_rx) = match p.nat {
+        Some((_, NatSocket { tx, rx, guard })) => (Some(tx), Some((rx, guard))),
+        None => (None, None),
+    };
+    let sends = !(cfg.one_way && !p.initiator);
+    let sender = Sender {
+        name: p.name.clone(),
+        writer,
+        udp: p.direct.zip(udp_tx),
+        partner: p.partner,
+        codec: p.codec.clone(),
+        initiator: p.initiator,
+        size: cfg.size,
+        rate: cfg.rate,
+        batch: cfg.batch.max(1),
+        faults: cfg.faults,
+        progress: Arc::clone(progress),
+    };
+    if sends {
+        tasks.spawn(sender.run(epoch, start, end));
+    } else {
+        // Keep the writer (and so the connection's write half) open until the run ends.
+        tasks.spawn(async move {
+            tokio::time::sleep_until(stop).await;
+            drop(sender);
+            PeerOutcome::Sent {
+                sent: 0,
+                error: None,
+            }
+        });
+    }
+    let progress = Arc::clone(progress);
+    let name = p.name;
+    let partner = p.partner;
+    let codec = p.codec;
+    tasks.spawn(async move {
+        let mut rx = Box::new(Receiver::new(codec));
+        let error = recv_loop(&mut rx, reader, udp_rx, partner, epoch, stop, &progress)
+            .await
+            .err()
+            .map(|e| (name, format!("{e:#}")));
+        PeerOutcome::Received { rx, error }
+    });
+}
+
+fn absorb(report: &mut Report, hist: &mut Histogram, out: PeerOutcome) {
+    match out {
+        PeerOutcome::Sent { sent, error } => {
+            report.traffic.sent += sent;
+            if let Some((peer, e)) = error {
+                report.push_error(peer, "send", e);
+            }
+        }
+        PeerOutcome::Received { rx, error } => {
+            let t = &mut report.traffic;
+            t.received += rx.tracker.unique;
+            t.reordered += rx.tracker.reordered;
+            t.duplicated += rx.tracker.duplicated;
+            t.corrupted += rx.corrupted;
+            t.foreign += rx.foreign;
+            t.handshakes += rx.handshakes;
+            t.bytes_received += rx.bytes;
+            hist.merge(&rx.latency_us);
+            if let Some((peer, e)) = error {
+                report.push_error(peer, "recv", e);
+            }
+        }
+    }
+}
+
+/// The sending half of a peer in the data phase.
+struct Sender {
+    name: String,
+    writer: ClientWriter,
+    /// Direct path: partner's address and the NAT's outbound queue.
+    udp: Option<(SocketAddr, mpsc::Sender<(SocketAddr, Vec<u8>)>)>,
+    partner: NodePublicKey,
+    codec: PacketCodec,
+    initiator: bool,
+    size: usize,
+    rate: Option<f64>,
+    batch: usize,
+    faults: Faults,
+    progress: Arc<Progress>,
+}
+
+impl Sender {
+    async fn run(mut self, epoch: Instant, start: Instant, end: Instant) -> PeerOutcome {
+        tokio::time::sleep_until(start).await;
+        let mut sent = 0;
+        let error = self
+            .send_loop(epoch, start, end, &mut sent)
+            .await
+            .err()
+            .map(|e| (self.name.clone(), format!("{e:#}")));
+        PeerOutcome::Sent { sent, error }
+    }
+
+    async fn send_loop(
+        &mut self,
+        epoch: Instant,
+        start: Instant,
+        end: Instant,
+        sent: &mut u64,
+    ) -> anyhow::Result<()> {
+        let mut buf = Vec::with_capacity(self.size);
+        // WireGuard opens with a handshake: the initiator's 148-byte message, the responder's
+        // 92-byte answer. They are counted apart from data.
+        let (ty, len) = if self.initiator {
+            (payload::TYPE_INITIATION, payload::INITIATION_LEN)
+        } else {
+            (payload::TYPE_RESPONSE, payload::RESPONSE_LEN)
+        };
+        self.codec.encode(ty, 0, nanos(epoch), len, &mut buf);
+        self.emit(&buf).await?;
+        self.flush(end).await?;
+        let mut seq: u64 = 0;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            let n = match self.rate {
+                Some(rate) => {
+                    let due = ((now - start).as_secs_f64() * rate) as u64 + 1;
+                    let n = due.saturating_sub(seq).min(self.batch as u64 * 8);
+                    if n == 0 {
+                        let next = start + Duration::from_secs_f64((seq as f64) / rate);
+                        tokio::time::sleep_until(next.min(end)).await;
+                        continue;
+                    }
+                    n
+                }
+                None => self.batch as u64,
+            };
+            for _ in 0..n {
+                seq += 1;
+                *sent += 1;
+                let f = self.faults;
+                if f.drop_every.is_some_and(|k| seq % k == 0) {
+                    continue;
+                }
+                self.codec
+                    .encode(payload::TYPE_DATA, seq, nanos(epoch), self.size, &mut buf);
+                if f.corrupt_every.is_some_and(|k| seq % k == 0) {
+                    let i = buf.len() - 1;
+                    buf[i] ^= 0x01;
+                }
+                self.emit(&buf).await?;
+                if f.duplicate_every.is_some_and(|k| seq % k == 0) {
+                    self.emit(&buf).await?;
+                }
+            }
+            self.flush(end).await?;
+            Progress::add(&self.progress.sent, n);
+        }
+    }
+
+    async fn emit(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+        match &self.udp {
+            Some((addr, tx)) => {
+                // A full NAT queue is a dropped datagram, as on a real path.
+                let _ = tx.try_send((*addr, packet.to_vec()));
+                Ok(())
+            }
+            None => Ok(self.writer.queue_packet(&self.partner, packet)?),
+        }
+    }
+
+    async fn flush(&mut self, end: Instant) -> anyhow::Result<()> {
+        if self.writer.pending() == 0 {
+            return Ok(());
+        }
+        // A stalled relay must not hold us past the data phase (plus a second for the last
+        // flush); the run's hard deadline is built on this.
+        match tokio::time::timeout_at(end + Duration::from_secs(1), self.writer.flush()).await {
+            Ok(r) => Ok(r.context("flush")?),
+            Err(_) => bail!("write stalled past the end of the data phase"),
+        }
+    }
+}
+
+/// Receive-side accounting for one peer: pure, so tests can feed it packets directly.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Receiver {
+    codec: PacketCodec,
+    scratch: Vec<u8>,
+    /// Order, loss and duplication of data packets.
+    pub tracker: RecvTracker,
+    /// One-way latency of data packets in microseconds.
+    pub latency_us: Histogram,
+    /// Packets that failed authentication.
+    pub corrupted: u64,
+    /// Packets that were not ours at all (wrong pair, too short, unknown type).
+    pub foreign: u64,
+    /// Handshake-shaped messages received.
+    pub handshakes: u64,
+    /// Bytes of authenticated data packets.
+    pub bytes: u64,
+}
+
+impl Receiver {
+    /// A receiver for packets sealed with `codec`.
+    pub fn new(codec: PacketCodec) -> Self {
+        Self {
+            codec,
+            scratch: Vec::new(),
+            tracker: RecvTracker::default(),
+            latency_us: Histogram::default(),
+            corrupted: 0,
+            foreign: 0,
+            handshakes: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Accounts for one packet that arrived at `now_ns` (nanoseconds since the run's epoch).
+    /// Returns whether it was an authentic data packet.
+    pub fn on_packet(&mut self, packet: &[u8], now_ns: u64) -> bool {
+        if derp_proto::disco::looks_like_disco(packet) {
+            // Late disco from punching; not data.
+            return false;
+        }
+        if payload::peek_pair(packet) != Some(self.codec.pair()) {
+            self.foreign += 1;
+            return false;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(packet);
+        match self.codec.decode(&mut self.scratch) {
+            Ok(d) if d.ty == payload::TYPE_DATA => {
+                self.tracker.on_packet(d.seq);
+                self.latency_us
+                    .record(now_ns.saturating_sub(d.sent_ns) / 1_000);
+                self.bytes += packet.len() as u64;
+                true
+            }
+            Ok(_) => {
+                self.handshakes += 1;
+                false
+            }
+            Err(DecodePacketError::Corrupted) => {
+                self.corrupted += 1;
+                false
+            }
+            Err(_) => {
+                self.foreign += 1;
+                false
+            }
+        }
+    }
+}
+
+async fn recv_loop(
+    rx: &mut Receiver,
+    mut reader: ClientReader,
+    mut udp: Option<(mpsc::Receiver<(SocketAddr, Vec<u8>)>, nat::NatGuard)>,
+    partner: NodePublicKey,
+    epoch: Instant,
+    stop: Instant,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    loop {
+        let udp_recv = async {
+            match udp.as_mut() {
+                Some((r, _)) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(stop) => return Ok(()),
+            m = reader.recv() => match m.context("DERP recv")? {
+                ServerToClient::RecvPacket { src, packet } if src == partner => {
+                    if rx.on_packet(&packet, nanos(epoch)) {
+                        Progress::add(&progress.received, 1);
+                    }
+                }
+                ServerToClient::RecvPacket { .. } => rx.foreign += 1,
+                _ => {}
+            },
+            d = udp_recv => match d {
+                Some((_, packet)) => {
+                    if rx.on_packet(&packet, nanos(epoch)) {
+                        Progress::add(&progress.received, 1);
+                    }
+                }
+                None => udp = None,
+            },
+        }
+    }
+}
+
+fn nanos(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
