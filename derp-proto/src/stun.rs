@@ -31,8 +31,9 @@
 //! XOR-MAPPED-ADDRESS, is 44 bytes. Optional attributes are added in priority order only while the
 //! budget allows: FINGERPRINT when the request carried one, OTHER-ADDRESS, RESPONSE-ORIGIN,
 //! MAPPED-ADDRESS, FINGERPRINT otherwise, SOFTWARE. Tailscale answers are at most 44 bytes for a
-//! 40-byte request. We never send anywhere but the request's source (RESPONSE-ADDRESS and
-//! RESPONSE-PORT are refused or ignored).
+//! 40-byte request. We never send to another IP than the request's source: RESPONSE-ADDRESS (RFC
+//! 3489) is refused, and RESPONSE-PORT (RFC 5780, same IP, another port) is honoured only in RFC
+//! 5780 mode; it gives a spoofer nothing the spoofed source port did not already give.
 //!
 //! # Why the codec is hand-rolled
 //!
@@ -136,7 +137,7 @@ impl AttrType {
     pub const XOR_MAPPED_ADDRESS: Self = Self(0x0020);
     /// PADDING (RFC 5780 §7.6): ignored; it only makes a request larger.
     pub const PADDING: Self = Self(0x0026);
-    /// RESPONSE-PORT (RFC 5780 §7.5): "answer to another port". Not supported, so refused.
+    /// RESPONSE-PORT (RFC 5780 §7.5): "answer to this port of my IP"; 2-byte port + 2 padding.
     pub const RESPONSE_PORT: Self = Self(0x0027);
     /// Non-standard XOR-MAPPED-ADDRESS in the comprehension-optional range, which some servers
     /// send and Tailscale clients accept.
@@ -186,14 +187,15 @@ impl AttrType {
 
     /// Comprehension-required attributes a binding server may receive and safely ignore: those
     /// RFC 8489 defines (we do not authenticate, so credentials are not checked, as RFC 8489 §9
-    /// allows for a usage without authentication) and RFC 5780's PADDING. CHANGE-REQUEST is
-    /// handled separately. RESPONSE-ADDRESS and RESPONSE-PORT are deliberately absent: they ask us
-    /// to send elsewhere, so they get a 420.
+    /// allows for a usage without authentication) and RFC 5780's PADDING. CHANGE-REQUEST and
+    /// RESPONSE-PORT are parsed and decided on when answering. RESPONSE-ADDRESS is deliberately
+    /// absent: it asks us to send to another host, so it gets a 420.
     const fn is_tolerated(self) -> bool {
         matches!(
             self,
             Self::MAPPED_ADDRESS
                 | Self::CHANGE_REQUEST
+                | Self::RESPONSE_PORT
                 | Self::USERNAME
                 | Self::MESSAGE_INTEGRITY
                 | Self::ERROR_CODE
@@ -312,6 +314,9 @@ pub struct BindingRequest {
     /// The CHANGE-REQUEST attribute, if present (never set for Tailscale requests, which derper
     /// answers without looking at it).
     pub change_request: Option<ChangeRequest>,
+    /// The RESPONSE-PORT attribute (RFC 5780 §7.5), if present in a standard request: answer to
+    /// this port of the source IP. Honoured only in RFC 5780 mode, refused with a 420 otherwise.
+    pub response_port: Option<u16>,
     /// Datagram length; the response budget is [`MAX_AMPLIFICATION`] times this.
     pub len: usize,
     unknown: UnknownAttrs,
@@ -403,6 +408,7 @@ pub fn parse_binding_request(b: &[u8]) -> Result<BindingRequest, StunError> {
             tx,
             cookie,
             change_request: None,
+            response_port: None,
             len: b.len(),
             unknown: UnknownAttrs::default(),
         });
@@ -413,9 +419,11 @@ pub fn parse_binding_request(b: &[u8]) -> Result<BindingRequest, StunError> {
 /// Appends the answer to `req` to `out`, for a request that came from `source`.
 ///
 /// Pass `rfc5780` only when the server has an alternate address; it then adds RESPONSE-ORIGIN and
-/// OTHER-ADDRESS and honours CHANGE-REQUEST (the caller sends from the socket the request's
-/// [`ChangeRequest`] selects and passes that socket's address as `response_origin`). An
-/// IPv4-mapped IPv6 `source` (a dual-stack socket) is answered as IPv4.
+/// OTHER-ADDRESS and honours CHANGE-REQUEST and RESPONSE-PORT: the caller sends from the socket
+/// the request's [`ChangeRequest`] selects, passes that socket's address as `response_origin`,
+/// and sends to [`BindingRequest::response_port`] of the source IP when set. Without `rfc5780`,
+/// standard requests asking for either get a 420. An IPv4-mapped IPv6 `source` (a dual-stack
+/// socket) is answered as IPv4.
 ///
 /// The appended bytes never exceed [`BindingRequest::response_budget`].
 pub fn binding_response(
@@ -432,12 +440,18 @@ pub fn binding_response(
             Reply::Success
         }
         RequestKind::Standard { fingerprint } => {
+            // Without RFC 5780 addresses we cannot change address or answer to another port: say
+            // so with a 420, which is how RFC 5780 clients learn the server lacks support.
             let change_refused =
                 rfc5780.is_none() && req.change_request.is_some_and(ChangeRequest::is_change);
-            if change_refused || !req.unknown.as_slice().is_empty() {
+            let port_refused = rfc5780.is_none() && req.response_port.is_some();
+            if change_refused || port_refused || !req.unknown.as_slice().is_empty() {
                 let mut unknown = req.unknown;
                 if change_refused {
                     unknown.push(AttrType::CHANGE_REQUEST.0);
+                }
+                if port_refused {
+                    unknown.push(AttrType::RESPONSE_PORT.0);
                 }
                 write_unknown_attributes(req, unknown.as_slice(), fingerprint, out);
                 Reply::UnknownAttributes
@@ -564,6 +578,7 @@ fn parse_classic(b: &[u8], cookie: [u8; 4], tx: TxId) -> Result<BindingRequest, 
         tx,
         cookie,
         change_request,
+        response_port: None,
         len: b.len(),
         unknown: UnknownAttrs::default(),
     })
@@ -583,6 +598,7 @@ fn parse_standard(b: &[u8], tx: TxId) -> Result<BindingRequest, StunError> {
         tx,
         cookie: MAGIC_COOKIE,
         change_request: None,
+        response_port: None,
         len: b.len(),
         unknown: UnknownAttrs::default(),
     };
@@ -607,6 +623,14 @@ fn parse_standard(b: &[u8], tx: TxId) -> Result<BindingRequest, StunError> {
             AttrType::CHANGE_REQUEST => {
                 req.change_request =
                     Some(read_change_request(value).ok_or(StunError::BadAttribute(ty))?);
+            }
+            AttrType::RESPONSE_PORT => {
+                // RFC 5780 says 2 bytes of port then 2 of padding; accept a bare 2-byte value.
+                let port = match value {
+                    [a, b] | [a, b, _, _] => u16::from_be_bytes([*a, *b]),
+                    _ => return Err(StunError::BadAttribute(ty)),
+                };
+                req.response_port = Some(port);
             }
             ty if ty.is_comprehension_required() && !ty.is_tolerated() => req.unknown.push(ty.0),
             _ => {}
@@ -1469,12 +1493,44 @@ mod tests {
             false,
         );
         let req = parse_binding_request(&b).unwrap();
-        assert_eq!(req.unknown_attributes(), &[0x0002, 0x0027]);
+        assert_eq!(req.unknown_attributes(), &[0x0002]);
+        assert_eq!(req.response_port, Some(80));
         let (reply, out) = respond(&req, v4(), None);
         assert_eq!(reply, Reply::UnknownAttributes);
         assert_eq!(
             attr(&out, AttrType::UNKNOWN_ATTRIBUTES).unwrap(),
             vec![0, 2, 0, 0x27]
+        );
+        // RESPONSE-ADDRESS is refused even in RFC 5780 mode.
+        let (reply, _) = respond(&req, v4(), Some(&rfc5780()));
+        assert_eq!(reply, Reply::UnknownAttributes);
+    }
+
+    #[test]
+    fn response_port_in_rfc5780_mode() {
+        // As coturn's turnutils_stunclient sends it: RESPONSE-PORT and CHANGE-REQUEST.
+        let b = request(
+            BINDING_REQUEST,
+            &[(0x0027, &[0xd4, 0x31, 0, 0]), (0x0003, &[0, 0, 0, 6])],
+            false,
+        );
+        let req = parse_binding_request(&b).unwrap();
+        assert_eq!(req.response_port, Some(0xd431));
+        assert!(req.unknown_attributes().is_empty());
+        let (reply, out) = respond(&req, v4(), Some(&rfc5780()));
+        assert_eq!(reply, Reply::Success);
+        // The mapped address is still the source, not the response port.
+        assert_eq!(parse_binding_response(&out).unwrap(), (TX, v4()));
+        let (reply, out) = respond(&req, v4(), None);
+        assert_eq!(reply, Reply::UnknownAttributes);
+        assert_eq!(
+            attr(&out, AttrType::UNKNOWN_ATTRIBUTES).unwrap(),
+            vec![0, 3, 0, 0x27]
+        );
+        let bad = request(BINDING_REQUEST, &[(0x0027, &[1, 2, 3])], false);
+        assert_eq!(
+            parse_binding_request(&bad),
+            Err(StunError::BadAttribute(AttrType::RESPONSE_PORT))
         );
     }
 
@@ -1642,7 +1698,7 @@ mod tests {
                     (0x0024, &[]),
                     (0x0025, &[]),
                     (0x0002, &[]),
-                    (0x0027, &[]),
+                    (0x0027, &[0, 1, 0, 0]),
                     (0x0030, &[]),
                 ],
                 true,
