@@ -1,6 +1,6 @@
 //! `stunner`: the standalone STUN server.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -38,7 +38,12 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+
+    // Before anything is printed: a supervisor that reads "listening on" and then sends SIGTERM
+    // must find the handler in place.
+    let shutdown = shutdown_signal()?;
 
     if let Some(addr) = cli.metrics_addr {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -67,32 +72,31 @@ async fn main() -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let task = server.spawn(cancel.clone());
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     cancel.cancel();
     task.await.context("STUN server task")?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers the handlers now and returns a future that resolves on SIGINT or SIGTERM.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }

@@ -92,6 +92,11 @@ impl Server {
     /// Metric handles are resolved here, so install a metrics recorder first.
     pub async fn bind(config: Config) -> Result<Self, BindError> {
         crate::metrics::describe();
+        Self::bind_with(config, Metrics::new()).await
+    }
+
+    /// [`bind`](Self::bind) with given metric handles (tests use a local recorder).
+    async fn bind_with(config: Config, metrics: Metrics) -> Result<Self, BindError> {
         if config.listen.is_empty() {
             return Err(BindError::NoListenAddress);
         }
@@ -127,7 +132,7 @@ impl Server {
         Ok(Self {
             endpoints,
             shared: Arc::new(Shared {
-                metrics: Metrics::new(),
+                metrics,
                 batch: config.batch,
                 rfc5780,
             }),
@@ -574,5 +579,99 @@ mod batched {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use derp_proto::stun::TxId;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    use super::*;
+
+    /// Counter values by `name{label=value}`.
+    fn counters(snapshotter: &Snapshotter) -> HashMap<String, u64> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let DebugValue::Counter(n) = value else {
+                    return None;
+                };
+                let key = key.key();
+                let labels: Vec<String> = key
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                Some((format!("{}{{{}}}", key.name(), labels.join(",")), n))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_datagram_is_counted_once() {
+        for batch in [1, defaults::BATCH] {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            let metrics = metrics::with_local_recorder(&recorder, Metrics::new);
+            let config = Config {
+                listen: vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+                batch,
+                ..Default::default()
+            };
+            let server = Server::bind_with(config, metrics).await.unwrap();
+            let addrs = server.local_addrs();
+            let cancel = CancellationToken::new();
+            let task = server.spawn(cancel.clone());
+
+            let v4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let v6 = UdpSocket::bind("[::1]:0").await.unwrap();
+            let good = stun::binding_request(TxId([7; 12]));
+            let mut bad_fingerprint = good;
+            bad_fingerprint[39] ^= 1;
+            // A standard request with CHANGE-REQUEST: answered with a 420, so bad_request.
+            let mut change = vec![0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42];
+            change.extend_from_slice(&[9; 12]);
+            change.extend_from_slice(&[0, 3, 0, 4, 0, 0, 0, 6]);
+            v4.send_to(&good, addrs[0]).await.unwrap();
+            v6.send_to(&good, addrs[1]).await.unwrap();
+            v4.send_to(b"definitely not stun", addrs[0]).await.unwrap();
+            v4.send_to(&bad_fingerprint, addrs[0]).await.unwrap();
+            v4.send_to(&change, addrs[0]).await.unwrap();
+            let mut buf = [0u8; 256];
+            for sock in [&v4, &v6, &v4] {
+                tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+
+            let want: HashMap<String, u64> = [
+                ("stun_requests_total{disposition=success}", 2),
+                ("stun_requests_total{disposition=not_stun}", 1),
+                ("stun_requests_total{disposition=bad_request}", 2),
+                ("stun_requests_by_family_total{family=ipv4}", 2),
+                ("stun_requests_by_family_total{family=ipv6}", 1),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            // The loop flushes its tally right after sending; poll briefly for the last flush.
+            let mut got = HashMap::new();
+            for _ in 0..100 {
+                got = counters(&snapshotter);
+                got.retain(|_, v| *v != 0);
+                if got == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(got, want, "batch {batch}");
+            cancel.cancel();
+            task.await.unwrap();
+        }
     }
 }
