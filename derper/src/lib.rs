@@ -1,1 +1,268 @@
-//! DERP relay.
+//! A DERP relay server, wire-compatible with Tailscale's `derper`.
+//!
+//! ```text
+//! TCP/TLS accept ─► http: first request read by hand (Upgrade: DERP, fast start, WebSocket),
+//!                   everything else to hyper (/derp/probe, /generate_204, /, /robots.txt)
+//!                         │
+//!                         ▼
+//!               Relay::accept(io) ── handshake under a deadline, mesh key check
+//!                         │
+//!               registry: DashMap<NodePublicKey, connections>, one ConnectionId each
+//!                         │
+//!     read task: decode, route, try-push into the     write task: drain control → pong →
+//!     destination's bounded queue, count every drop   disco → data, one flush per batch
+//! ```
+//!
+//! [`Server::spawn`] runs the listeners (main, port 80, STUN, metrics) around a [`Relay`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod config;
+pub mod defaults;
+pub mod http;
+pub mod keyfile;
+mod listener;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use derp_proto::NodeSecretKey;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Cli, ServerConfig};
+pub use server::{Relay, RelayConfig};
+
+use crate::config::KeySource;
+use crate::http::HttpContext;
+use crate::listener::{AcceptLoop, Role, bind_tcp};
+use crate::metrics::Metrics;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The key file could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The STUN server could not start.
+    #[error("stun: {0}")]
+    Stun(String),
+}
+
+/// A running server: its addresses, and the way to stop it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    relay: Relay,
+    main_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    stun_addrs: Vec<SocketAddr>,
+    tls: Option<tls::TlsSetup>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The relay process: listeners around a [`Relay`].
+#[derive(Debug)]
+pub struct Server;
+
+/// Raises the soft open-file limit to the hard limit and returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to / read from a valid rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+impl Server {
+    /// Loads the key, binds every listener and starts serving. Metrics handles are built from
+    /// whatever recorder is installed at this point (none: metrics are no-ops).
+    pub async fn spawn(config: ServerConfig) -> Result<ServerHandle, SpawnError> {
+        let secret = match &config.key {
+            KeySource::Ephemeral => NodeSecretKey::generate(),
+            KeySource::File(path) => keyfile::load_or_create(path)?,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let mut relay_config = RelayConfig::new(secret);
+        relay_config.mesh_key = config.mesh_key.clone();
+        relay_config.queue_depth = config.queue_depth;
+        relay_config.write_timeout = config.write_timeout;
+        let relay = Relay::new(relay_config, metrics.clone());
+
+        let tls = match &config.tls {
+            Some(opts) => Some(tls::load(opts, relay.public_key().as_bytes())?),
+            None => None,
+        };
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+
+        let max_conns = config.max_connections.unwrap_or_else(|| {
+            let fds = raise_fd_limit();
+            usize::try_from(fds.saturating_sub(defaults::FD_RESERVE))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        });
+        let limit = Arc::new(Semaphore::new(max_conns.min(Semaphore::MAX_PERMITS)));
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ctx = Arc::new(HttpContext {
+            relay: relay.clone(),
+            home: config.home.clone(),
+            derp_enabled: config.derp_enabled,
+        });
+
+        let main = bind_with_fallback(config.addr)?;
+        let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let mut http_addr = None;
+        let mut loops = vec![AcceptLoop {
+            listener: main,
+            role: Role::Main,
+            tls: acceptor,
+            ctx: ctx.clone(),
+            limit: limit.clone(),
+            metrics: metrics.clone(),
+            tcp_keepalive: config.tcp_keepalive,
+            tcp_user_timeout: config.tcp_user_timeout,
+        }];
+        if let Some(addr) = config.http_addr {
+            let l = bind_with_fallback(addr)?;
+            http_addr = l.local_addr().ok();
+            loops.push(AcceptLoop {
+                listener: l,
+                role: Role::Port80,
+                tls: None,
+                ctx: ctx.clone(),
+                limit: limit.clone(),
+                metrics: metrics.clone(),
+                tcp_keepalive: config.tcp_keepalive,
+                tcp_user_timeout: config.tcp_user_timeout,
+            });
+        }
+
+        let mut stun_addrs = Vec::new();
+        if !config.stun_addrs.is_empty() {
+            let stun = stunner::Server::bind(stunner::Config {
+                listen: config.stun_addrs.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| SpawnError::Stun(e.to_string()))?;
+            stun_addrs = stun.local_addrs();
+            let c = cancel.clone();
+            tasks.spawn(async move { stun.run(c).await });
+        }
+
+        for l in loops {
+            let c = cancel.clone();
+            let t = tasks.clone();
+            tasks.spawn(l.run(c, t));
+        }
+        Ok(ServerHandle {
+            relay,
+            main_addr,
+            http_addr,
+            stun_addrs,
+            tls,
+            cancel,
+            tasks,
+        })
+    }
+}
+
+/// Binds `addr`; if it is the IPv6 wildcard and IPv6 is unavailable, binds IPv4's instead.
+fn bind_with_fallback(addr: SocketAddr) -> Result<tokio::net::TcpListener, SpawnError> {
+    match bind_tcp(addr) {
+        Ok(l) => Ok(l),
+        Err(_) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            bind_tcp(v4).map_err(|source| SpawnError::Bind { addr: v4, source })
+        }
+        Err(source) => Err(SpawnError::Bind { addr, source }),
+    }
+}
+
+impl ServerHandle {
+    /// The relay core.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// The main listener's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.main_addr
+    }
+
+    /// The port-80 companion listener's address, when TLS is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// STUN socket addresses.
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        &self.stun_addrs
+    }
+
+    /// The TLS setup, when TLS is on.
+    pub fn tls(&self) -> Option<&tls::TlsSetup> {
+        self.tls.as_ref()
+    }
+
+    /// The DERP URL clients use.
+    pub fn derp_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let ip = match self.main_addr.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!(
+            "{scheme}://{}/derp",
+            SocketAddr::new(ip, self.main_addr.port())
+        )
+    }
+
+    /// Stops accepting, sends Restarting to every client, closes all connections and waits for
+    /// every task to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.relay
+            .shutdown(defaults::RESTART_HINT, defaults::SHUTDOWN_GRACE)
+            .await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

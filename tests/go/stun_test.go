@@ -73,6 +73,22 @@ func TestSTUN(t *testing.T) {
 	if _, err := conn.WriteToUDP(generic, dst); err != nil {
 		t.Fatal(err)
 	}
+	if flavor() == "ours" {
+		// Ours answers standard RFC 8489 clients too; Tailscale's parser must accept the answer.
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("generic STUN request not answered: %v", err)
+		}
+		gotTx, gotAddr, err := stun.ParseResponse(buf[:n])
+		if err != nil {
+			t.Fatalf("parsing generic response %x: %v", buf[:n], err)
+		}
+		if string(gotTx[:]) != "generic-txid" || gotAddr != local {
+			t.Errorf("generic response: txid %q addr %v, want %q %v", gotTx[:], gotAddr, "generic-txid", local)
+		}
+		return
+	}
 	conn.SetReadDeadline(time.Now().Add(quietWindow))
 	if n, _, err := conn.ReadFromUDP(buf); err == nil {
 		t.Errorf("generic STUN request answered (%x); Tailscale's derper ignores it", buf[:n])

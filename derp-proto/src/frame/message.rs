@@ -229,8 +229,7 @@ impl ClientToServer {
     }
 
     /// Decodes a payload as the server reads it, enforcing Go derper's per-frame rules.
-    ///
-    /// ClientInfo is not a steady-state frame and decodes as [`DecodeError::UnexpectedType`].
+    /// Frame types the server does not handle decode as [`Self::Unknown`].
     pub fn decode(ty: FrameType, payload: Bytes) -> Result<Self, DecodeError> {
         let len = payload.len();
         let bad_len = DecodeError::BadLength { ty, len };
@@ -278,15 +277,8 @@ impl ClientToServer {
                 Self::Ping(ping_data(&payload, ty)?)
             }
             FrameType::PONG => Self::Pong(ping_data(&payload, ty)?),
-            FrameType::SERVER_KEY
-            | FrameType::CLIENT_INFO
-            | FrameType::SERVER_INFO
-            | FrameType::RECV_PACKET
-            | FrameType::KEEP_ALIVE
-            | FrameType::PEER_GONE
-            | FrameType::PEER_PRESENT
-            | FrameType::HEALTH
-            | FrameType::RESTARTING => return Err(DecodeError::UnexpectedType(ty)),
+            // Like Go derper, anything else (including a second ClientInfo or frames only a
+            // server sends) is skipped, not fatal: new clients may send frames we don't know.
             _ => Self::Unknown { ty, len },
         })
     }

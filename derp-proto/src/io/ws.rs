@@ -11,6 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+/// Largest message written. Tailscale's WebSocket library (nhooyr/coder websocket as used by
+/// derphttp) reads at most 32 KiB per message; larger messages break its connections.
+const MAX_MESSAGE_WRITE: usize = 32 * 1024;
+
 /// Adapts a [`WebSocketStream`] to `AsyncRead + AsyncWrite`.
 ///
 /// Each write becomes one binary message. A text message is a protocol error, as in Go's
@@ -83,10 +87,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(to_io)?;
+        let n = buf.len().min(MAX_MESSAGE_WRITE);
         Pin::new(&mut self.inner)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,0 +1,252 @@
+//! The HTTP side of the relay: the DERP upgrade (including fast start and WebSocket) and the
+//! plain endpoints.
+//!
+//! The first request on a connection is read here rather than by hyper, because fast start
+//! requires that no HTTP response at all is written and that bytes after the request head are
+//! kept for the DERP stream. Anything else is handed to hyper with those bytes replayed.
+
+mod rewind;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use derp_proto::io::{Stream, WsStream};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub(crate) use rewind::Rewind;
+pub use routes::HomePage;
+use routes::Listener;
+
+use crate::defaults;
+use crate::metrics::HandshakeFailure;
+use crate::server::{ConnMeta, Relay, TransportKind};
+
+/// Per-listener HTTP settings shared by all its connections.
+#[derive(Debug)]
+pub(crate) struct HttpContext {
+    pub(crate) relay: Relay,
+    pub(crate) home: HomePage,
+    pub(crate) derp_enabled: bool,
+}
+
+/// How the first request on a connection should be handled.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstRequest {
+    /// `Upgrade: DERP` (or legacy bare websocket): raw DERP framing follows.
+    Derp { fast_start: bool, not_ideal: bool },
+    /// WebSocket with the `derp` subprotocol.
+    WebSocket,
+    /// Anything else: let hyper serve it.
+    Other,
+}
+
+fn classify(req: &httparse::Request<'_, '_>, derp_enabled: bool) -> FirstRequest {
+    let path = req.path.unwrap_or("");
+    let path = path.split('?').next().unwrap_or(path);
+    if path != "/derp" || !derp_enabled {
+        return FirstRequest::Other;
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let upgrade = header("Upgrade").unwrap_or_default().to_ascii_lowercase();
+    let protocols = header("Sec-WebSocket-Protocol").unwrap_or_default();
+    match upgrade.as_str() {
+        "websocket" if protocols.contains("derp") => FirstRequest::WebSocket,
+        "derp" | "websocket" => FirstRequest::Derp {
+            fast_start: header("Derp-Fast-Start").as_deref() == Some("1"),
+            not_ideal: header("Ideal-Node").is_some_and(|v| !v.is_empty()),
+        },
+        _ => FirstRequest::Other,
+    }
+}
+
+/// Reads a request head (bounded in size) and returns everything read so far.
+async fn read_head<S: Stream>(io: &mut S) -> std::io::Result<Option<BytesMut>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(Some(buf));
+        }
+        if buf.len() >= defaults::MAX_HTTP_HEAD {
+            return Ok(Some(buf));
+        }
+        buf.reserve(1024);
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(if buf.is_empty() { None } else { Some(buf) });
+        }
+    }
+}
+
+/// Serves one accepted connection (after TLS, if any) on the main listener.
+pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Arc<HttpContext>) {
+    let metrics = ctx.relay.metrics().clone();
+    let head = match tokio::time::timeout(defaults::HTTP_HEAD_TIMEOUT, read_head(&mut io)).await {
+        Ok(Ok(Some(buf))) => buf,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "reading request head");
+            return;
+        }
+        Err(_) => {
+            metrics.handshake_failed(HandshakeFailure::Timeout);
+            tracing::debug!(%remote, "request head timed out");
+            return;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let parsed = req.parse(&head);
+    let (kind, head_len) = match parsed {
+        Ok(httparse::Status::Complete(n)) => (classify(&req, ctx.derp_enabled), n),
+        // Malformed or oversized: hyper answers with a proper 400 and closes.
+        _ => (FirstRequest::Other, 0),
+    };
+    match kind {
+        FirstRequest::Derp {
+            fast_start,
+            not_ideal,
+        } => {
+            let mut head = head;
+            let rest = head.split_off(head_len);
+            if !fast_start {
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {}\r\nDerp-Public-Key: {}\r\n\r\n",
+                    derp_proto::consts::PROTOCOL_VERSION,
+                    ctx.relay.public_key().to_hex()
+                );
+                if io.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let mut meta = ConnMeta::new(remote, TransportKind::Upgrade);
+            meta.not_ideal = not_ideal;
+            if let Err(e) = ctx.relay.accept(io, rest, meta).await {
+                tracing::info!(%remote, error = %e, "derp connection failed");
+            }
+        }
+        FirstRequest::WebSocket => {
+            let rewound = Rewind::new(head.freeze(), io);
+            let choose_derp = |_req: &WsRequest, mut resp: WsResponse| {
+                resp.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    http::HeaderValue::from_static(derp_proto::consts::WEBSOCKET_PROTOCOL),
+                );
+                Ok(resp)
+            };
+            let mut config = WebSocketConfig::default();
+            // A frame can be 64 KiB of packet plus keys; anything much larger is abuse.
+            config.max_message_size = Some(1 << 20);
+            config.max_frame_size = Some(1 << 20);
+            let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+                rewound,
+                choose_derp,
+                Some(config),
+            )
+            .await
+            {
+                Ok(ws) => ws,
+                Err(e) => {
+                    metrics.handshake_failed(HandshakeFailure::Http);
+                    tracing::info!(%remote, error = %e, "websocket handshake failed");
+                    return;
+                }
+            };
+            let meta = ConnMeta::new(remote, TransportKind::WebSocket);
+            if let Err(e) = ctx
+                .relay
+                .accept(WsStream::new(ws), BytesMut::new(), meta)
+                .await
+            {
+                tracing::info!(%remote, error = %e, "derp websocket connection failed");
+            }
+        }
+        FirstRequest::Other => {
+            serve_hyper(Rewind::new(head.freeze(), io), Listener::Main, ctx).await
+        }
+    }
+}
+
+/// Serves a connection on the plain-HTTP port that accompanies TLS.
+pub(crate) async fn serve_port80<S: Stream>(io: S, ctx: Arc<HttpContext>) {
+    serve_hyper(Rewind::new(Bytes::new(), io), Listener::Port80, ctx).await;
+}
+
+async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<HttpContext>) {
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { routes::service(req, listener, &ctx.home, ctx.derp_enabled).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(defaults::HTTP_HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_str(s: &str) -> FirstRequest {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(s.as_bytes()).unwrap();
+        classify(&req, true)
+    }
+
+    #[test]
+    fn recognises_upgrades() {
+        assert_eq!(
+            classify_str("GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"),
+            FirstRequest::Derp {
+                fast_start: false,
+                not_ideal: false
+            }
+        );
+        assert_eq!(
+            classify_str(
+                "GET /derp HTTP/1.1\r\nupgrade: derp\r\nDerp-Fast-Start: 1\r\nIdeal-Node: 1a\r\n\r\n"
+            ),
+            FirstRequest::Derp {
+                fast_start: true,
+                not_ideal: true
+            }
+        );
+        assert_eq!(
+            classify_str(
+                "GET /derp HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\n\r\n"
+            ),
+            FirstRequest::WebSocket
+        );
+        // A bare websocket upgrade is a legacy client speaking raw DERP framing.
+        assert_eq!(
+            classify_str("GET /derp HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"),
+            FirstRequest::Derp {
+                fast_start: false,
+                not_ideal: false
+            }
+        );
+        assert_eq!(
+            classify_str("GET /derp HTTP/1.1\r\n\r\n"),
+            FirstRequest::Other
+        );
+        assert_eq!(
+            classify_str("GET /derp/probe HTTP/1.1\r\nUpgrade: DERP\r\n\r\n"),
+            FirstRequest::Other
+        );
+    }
+}

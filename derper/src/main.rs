@@ -1,0 +1,97 @@
+//! `derper`: parse flags, set up logging and metrics, run the server until a signal.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use derper::config::normalize_go_flags;
+use derper::{Cli, Server};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("derper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("derper: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("derper: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: derper::ServerConfig) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("starting metrics listener on {addr}"))?;
+    }
+    let fds = derper::raise_fd_limit();
+    let handle = Server::spawn(config).await?;
+    tracing::info!(
+        addr = %handle.local_addr(),
+        key = %handle.relay().public_key(),
+        tls = handle.tls().is_some(),
+        stun = ?handle.stun_addrs(),
+        open_files = fds,
+        "derper listening"
+    );
+    if let Some(http) = handle.http_addr() {
+        tracing::info!(addr = %http, "plain HTTP listener (captive-portal checks, redirects)");
+    }
+    if let Some(tls) = handle.tls() {
+        if let Some(pin) = &tls.cert_pin {
+            tracing::info!(cert_name = %pin, "self-signed certificate; pin it in the DERP map");
+        }
+        if let Some(node) = tls.derp_node_hint() {
+            tracing::info!("DERP node for your map: {node}");
+        }
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Some(tls) = handle.tls() {
+                    let reloader = tls.reloader();
+                    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                        Ok(Ok(info)) => tracing::info!(sha256 = %info.leaf_sha256_hex, "certificate reloaded"),
+                        Ok(Err(e)) => tracing::error!(error = %e, "certificate reload failed; keeping the current one"),
+                        Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: telling clients we are restarting");
+    handle.shutdown().await;
+    Ok(())
+}
