@@ -5,12 +5,15 @@
 //! terms). Every NAT gets its own loopback "public" address, so address-restricted filtering is
 //! meaningful. Hole punching then succeeds or fails by the same rules as with real NATs:
 //!
-//! | kind              | mapping                 | filtering                 |
-//! |-------------------|-------------------------|---------------------------|
-//! | `none`, `cone`    | endpoint-independent    | endpoint-independent      |
-//! | `restricted`      | endpoint-independent    | address-dependent         |
-//! | `port-restricted` | endpoint-independent    | address-and-port-dependent|
-//! | `symmetric`       | address-and-port-dep.   | address-and-port-dependent|
+//! | kind                        | mapping               | filtering                  |
+//! |-----------------------------|-----------------------|----------------------------|
+//! | `none`, `full-cone`         | endpoint-independent  | endpoint-independent       |
+//! | `restricted`                | endpoint-independent  | address-dependent          |
+//! | `cone` (`port-restricted`)  | endpoint-independent  | address-and-port-dependent |
+//! | `symmetric`                 | address-and-port-dep. | address-and-port-dependent |
+//!
+//! `cone` is what Linux `masquerade` does (and most home routers): hole punching works between
+//! two of them, and fails against `symmetric`. Only a `full-cone` accepts a symmetric peer.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -31,18 +34,22 @@ const NAT_QUEUE: usize = 256;
 /// Largest datagram the simulator carries.
 const MAX_DATAGRAM: usize = 65_535;
 
+/// A datagram with its peer address: destination outbound, source inbound.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
 /// NAT behaviour of one simulated peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum NatKind {
-    /// No NAT: a public address (behaves like `cone`).
+    /// No NAT: a public address (behaves like `full-cone`).
     None,
-    /// Endpoint-independent mapping and filtering ("full cone").
-    Cone,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
     /// Endpoint-independent mapping, address-dependent filtering.
     Restricted,
-    /// Endpoint-independent mapping, address-and-port-dependent filtering.
-    PortRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering (port-restricted
+    /// cone; Linux `masquerade`).
+    Cone,
     /// Address-and-port-dependent mapping and filtering.
     Symmetric,
 }
@@ -52,9 +59,9 @@ impl NatKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
-            Self::Cone => "cone",
+            Self::FullCone => "full-cone",
             Self::Restricted => "restricted",
-            Self::PortRestricted => "port-restricted",
+            Self::Cone => "cone",
             Self::Symmetric => "symmetric",
         }
     }
@@ -71,12 +78,12 @@ impl FromStr for NatKind {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Ok(match s {
             "none" | "public" => Self::None,
-            "cone" | "full-cone" | "eim" => Self::Cone,
+            "full-cone" => Self::FullCone,
             "restricted" | "address-restricted" => Self::Restricted,
-            "port-restricted" => Self::PortRestricted,
+            "cone" | "port-restricted" => Self::Cone,
             "symmetric" => Self::Symmetric,
             _ => {
-                bail!("unknown NAT kind {s:?} (none, cone, restricted, port-restricted, symmetric)")
+                bail!("unknown NAT kind {s:?} (none, full-cone, restricted, cone, symmetric)")
             }
         })
     }
@@ -244,9 +251,9 @@ impl Nat {
                     let Some((idx, src, payload)) = inb else { return };
                     let Some(m) = self.mappings.get(idx) else { continue };
                     let pass = match self.kind {
-                        NatKind::None | NatKind::Cone => true,
+                        NatKind::None | NatKind::FullCone => true,
                         NatKind::Restricted => m.allowed_ips.contains(&src.ip()),
-                        NatKind::PortRestricted | NatKind::Symmetric => {
+                        NatKind::Cone | NatKind::Symmetric => {
                             m.allowed_addrs.contains(&src)
                         }
                     };
@@ -374,9 +381,9 @@ mod tests {
         let stun = StunServer::spawn([127, 0, 0, 1].into()).await.unwrap();
         let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for (kind, open) in [
-            (NatKind::Cone, true),
+            (NatKind::FullCone, true),
             (NatKind::Restricted, true), // the stranger shares the STUN server's IP
-            (NatKind::PortRestricted, false),
+            (NatKind::Cone, false),
             (NatKind::Symmetric, false),
         ] {
             let (mut s, a) = mapped(kind, 10 + kind as u64, &stun).await;
@@ -395,7 +402,7 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(a, b);
-        let (mut c, a) = mapped(NatKind::PortRestricted, 21, &stun).await;
+        let (mut c, a) = mapped(NatKind::Cone, 21, &stun).await;
         let b = stun_mapped(&mut c, stun2.addr, 3, Duration::from_millis(500))
             .await
             .unwrap();

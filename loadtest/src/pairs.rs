@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use derp_proto::io::{Client, ClientReader, ClientWriter};
 use derp_proto::{NodePublicKey, NodeSecretKey, ServerToClient};
 use serde::Serialize;
@@ -321,21 +322,27 @@ async fn setup_pair(
             disco[0].shared(&disco[1].public()),
             disco[1].shared(&disco[0].public()),
         ];
+        let mut sig_a = DerpSignal {
+            client: &mut ca,
+            partner: pubs[1],
+        };
+        let mut sig_b = DerpSignal {
+            client: &mut cb,
+            partner: pubs[0],
+        };
         let (da, db) = tokio::join!(
             punch(
-                &mut ca,
+                &mut sig_a,
                 &mut na,
                 pubs[0],
-                pubs[1],
                 &boxes[0],
                 stun,
                 cfg.punch_timeout
             ),
             punch(
-                &mut cb,
+                &mut sig_b,
                 &mut nb,
                 pubs[1],
-                pubs[0],
                 &boxes[1],
                 stun,
                 cfg.punch_timeout
@@ -387,10 +394,9 @@ const PING_EVERY: Duration = Duration::from_millis(100);
 /// we both hold a pong (our path works) and have answered one of the partner's pings (so the
 /// partner's path works too), or at the punch deadline.
 pub async fn punch(
-    client: &mut Client,
+    signal: &mut impl Signal,
     sock: &mut NatSocket,
     me: NodePublicKey,
-    partner: NodePublicKey,
     disco: &SharedBox,
     stun: SocketAddr,
     timeout: Duration,
@@ -408,7 +414,7 @@ pub async fn punch(
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
             _ = cmm_tick.tick(), if confirmed.is_none() => {
-                client.send_packet(&partner, &cmm).await.context("send CallMeMaybe")?;
+                signal.send(&cmm).await.context("send CallMeMaybe")?;
             }
             _ = ping_tick.tick(), if confirmed.is_none() => {
                 for c in &candidates {
@@ -418,11 +424,8 @@ pub async fn punch(
                     sock.tx.send((*c, ping)).await.context("NAT gone")?;
                 }
             }
-            m = client.recv() => {
-                if let ServerToClient::RecvPacket { src, packet } = m.context("DERP recv")?
-                    && src == partner
-                    && let Some(DiscoMessage::CallMeMaybe(eps)) = disco.open(&packet)
-                {
+            m = signal.recv() => {
+                if let Some(DiscoMessage::CallMeMaybe(eps)) = disco.open(&m.context("DERP recv")?) {
                     for ep in eps {
                         if !candidates.contains(&ep) {
                             candidates.push(ep);
@@ -454,6 +457,40 @@ pub async fn punch(
     Ok(confirmed)
 }
 
+/// The relay path between two peers, used for CallMeMaybe: a DERP client in real runs, a
+/// channel in tests.
+pub trait Signal {
+    /// Sends a disco packet to the partner through the relay.
+    fn send(&mut self, packet: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Receives the next packet the partner sent through the relay (cancel-safe).
+    fn recv(&mut self) -> impl Future<Output = anyhow::Result<Bytes>> + Send;
+}
+
+/// A DERP client talking to one partner.
+#[derive(Debug)]
+pub struct DerpSignal<'a> {
+    /// The connection.
+    pub client: &'a mut Client,
+    /// The partner's node key.
+    pub partner: NodePublicKey,
+}
+
+impl Signal for DerpSignal<'_> {
+    async fn send(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+        Ok(self.client.send_packet(&self.partner, packet).await?)
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<Bytes> {
+        loop {
+            if let ServerToClient::RecvPacket { src, packet } = self.client.recv().await?
+                && src == self.partner
+            {
+                return Ok(packet);
+            }
+        }
+    }
+}
+
 /// What one peer's task hands back.
 enum PeerOutcome {
     Sent {
@@ -482,7 +519,7 @@ fn spawn_peer(
         Some((_, NatSocket { tx, rx, guard })) => (Some(tx), Some((rx, guard))),
         None => (None, None),
     };
-    let sends = !(cfg.one_way && !p.initiator);
+    let sends = !cfg.one_way || p.initiator;
     let sender = Sender {
         name: p.name.clone(),
         writer,
@@ -553,7 +590,7 @@ struct Sender {
     name: String,
     writer: ClientWriter,
     /// Direct path: partner's address and the NAT's outbound queue.
-    udp: Option<(SocketAddr, mpsc::Sender<(SocketAddr, Vec<u8>)>)>,
+    udp: Option<(SocketAddr, mpsc::Sender<nat::Datagram>)>,
     partner: NodePublicKey,
     codec: PacketCodec,
     initiator: bool,
@@ -617,17 +654,17 @@ impl Sender {
                 seq += 1;
                 *sent += 1;
                 let f = self.faults;
-                if f.drop_every.is_some_and(|k| seq % k == 0) {
+                if f.drop_every.is_some_and(|k| seq.is_multiple_of(k)) {
                     continue;
                 }
                 self.codec
                     .encode(payload::TYPE_DATA, seq, nanos(epoch), self.size, &mut buf);
-                if f.corrupt_every.is_some_and(|k| seq % k == 0) {
+                if f.corrupt_every.is_some_and(|k| seq.is_multiple_of(k)) {
                     let i = buf.len() - 1;
                     buf[i] ^= 0x01;
                 }
                 self.emit(&buf).await?;
-                if f.duplicate_every.is_some_and(|k| seq % k == 0) {
+                if f.duplicate_every.is_some_and(|k| seq.is_multiple_of(k)) {
                     self.emit(&buf).await?;
                 }
             }
@@ -735,7 +772,7 @@ impl Receiver {
 async fn recv_loop(
     rx: &mut Receiver,
     mut reader: ClientReader,
-    mut udp: Option<(mpsc::Receiver<(SocketAddr, Vec<u8>)>, nat::NatGuard)>,
+    mut udp: Option<(mpsc::Receiver<nat::Datagram>, nat::NatGuard)>,
     partner: NodePublicKey,
     epoch: Instant,
     stop: Instant,
@@ -751,12 +788,12 @@ async fn recv_loop(
         tokio::select! {
             () = tokio::time::sleep_until(stop) => return Ok(()),
             m = reader.recv() => match m.context("DERP recv")? {
-                ServerToClient::RecvPacket { src, packet } if src == partner => {
-                    if rx.on_packet(&packet, nanos(epoch)) {
-                        Progress::add(&progress.received, 1);
-                    }
+                ServerToClient::RecvPacket { src, packet }
+                    if src == partner && rx.on_packet(&packet, nanos(epoch)) =>
+                {
+                    Progress::add(&progress.received, 1);
                 }
-                ServerToClient::RecvPacket { .. } => rx.foreign += 1,
+                ServerToClient::RecvPacket { src, .. } if src != partner => rx.foreign += 1,
                 _ => {}
             },
             d = udp_recv => match d {
@@ -773,4 +810,119 @@ async fn recv_loop(
 
 fn nanos(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::TYPE_DATA;
+
+    /// Two ends of an in-memory relay.
+    struct ChanSignal {
+        tx: mpsc::Sender<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+    }
+
+    impl Signal for ChanSignal {
+        async fn send(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+            Ok(self.tx.send(Bytes::copy_from_slice(packet)).await?)
+        }
+        async fn recv(&mut self) -> anyhow::Result<Bytes> {
+            self.rx.recv().await.context("closed")
+        }
+    }
+
+    fn signal_pair() -> (ChanSignal, ChanSignal) {
+        let (t1, r1) = mpsc::channel(64);
+        let (t2, r2) = mpsc::channel(64);
+        (ChanSignal { tx: t1, rx: r2 }, ChanSignal { tx: t2, rx: r1 })
+    }
+
+    /// Punches between NATs of kinds `a` and `b`; returns whether each side went direct.
+    async fn punch_between(a: NatKind, b: NatKind, n: u64) -> (bool, bool) {
+        let stun = StunServer::spawn([127, 0, 0, 1].into()).await.unwrap();
+        let mut na = nat::spawn(a, nat::public_ip(1_000 + 2 * n)).await.unwrap();
+        let mut nb = nat::spawn(b, nat::public_ip(1_001 + 2 * n)).await.unwrap();
+        let (da, db) = (DiscoKey::generate(), DiscoKey::generate());
+        let (ba, bb) = (da.shared(&db.public()), db.shared(&da.public()));
+        let (mut sa, mut sb) = signal_pair();
+        let ka = NodeSecretKey::generate().public_key();
+        let kb = NodeSecretKey::generate().public_key();
+        let t = Duration::from_millis(1_500);
+        let (ra, rb) = tokio::join!(
+            punch(&mut sa, &mut na, ka, &ba, stun.addr, t),
+            punch(&mut sb, &mut nb, kb, &bb, stun.addr, t),
+        );
+        (ra.unwrap().is_some(), rb.unwrap().is_some())
+    }
+
+    #[tokio::test]
+    async fn cone_pairs_punch() {
+        use NatKind::{Cone, FullCone, Restricted};
+        for (i, (a, b)) in [(Cone, Cone), (Cone, Restricted), (FullCone, Cone)]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                punch_between(a, b, i as u64).await,
+                (true, true),
+                "{a} - {b}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn symmetric_pairs_fall_back() {
+        use NatKind::{Cone, Symmetric};
+        for (i, (a, b)) in [(Symmetric, Symmetric), (Symmetric, Cone), (Cone, Symmetric)]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                punch_between(a, b, 10 + i as u64).await,
+                (false, false),
+                "{a} - {b}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn symmetric_punches_to_full_cone_and_address_restricted() {
+        // As with real NATs: these filters accept the symmetric side's new mapping (a full
+        // cone from anyone, an address-restricted one from an IP it already pinged), and
+        // pinging the source of that ping opens the way back.
+        for (i, k) in [NatKind::FullCone, NatKind::Restricted]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                punch_between(NatKind::Symmetric, k, 20 + i as u64).await,
+                (true, true),
+                "symmetric - {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn receiver_catches_corruption_loss_duplication_and_reordering() {
+        let codec = PacketCodec::new(3, [1; 32]);
+        let mut rx = Receiver::new(codec.clone());
+        let mut p = Vec::new();
+        for seq in [1u64, 2, 4, 3, 3] {
+            codec.encode(TYPE_DATA, seq, 1_000, 200, &mut p);
+            assert!(rx.on_packet(&p, 51_000));
+        }
+        codec.encode(TYPE_DATA, 6, 1_000, 200, &mut p);
+        p[100] ^= 0x40;
+        assert!(!rx.on_packet(&p, 2_000));
+        // Another pair's packet is foreign, not corrupt.
+        PacketCodec::new(4, [1; 32]).encode(TYPE_DATA, 7, 1_000, 200, &mut p);
+        assert!(!rx.on_packet(&p, 2_000));
+        assert_eq!(rx.tracker.unique, 4, "seq 5 dropped and 6 corrupted");
+        assert_eq!(rx.tracker.reordered, 1);
+        assert_eq!(rx.tracker.duplicated, 1);
+        assert_eq!(rx.corrupted, 1);
+        assert_eq!(rx.foreign, 1);
+        assert_eq!(rx.latency_us.max, 50);
+    }
 }
