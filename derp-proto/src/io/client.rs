@@ -124,6 +124,7 @@ pub struct Client {
     server_key: NodePublicKey,
     server_info: ServerInfo,
     local_addr: Option<SocketAddr>,
+    public_key: NodePublicKey,
 }
 
 struct Target {
@@ -142,7 +143,10 @@ fn parse_url(url: &str) -> Result<Target, ClientError> {
         _ => return Err(bad()),
     };
     let host = uri.host().ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") | Some("/") => crate::consts::DERP_PATH.to_string(),
@@ -227,9 +231,14 @@ async fn read_response_head(io: &mut BoxStream) -> Result<(String, BytesMut), Cl
             return Err(ClientError::Upgrade("response header too large".into()));
         }
         buf.reserve(1024);
-        let n = io.read_buf(&mut buf).await.map_err(|e| ClientError::Read(e.into()))?;
+        let n = io
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| ClientError::Read(e.into()))?;
         if n == 0 {
-            return Err(ClientError::Upgrade("connection closed during upgrade".into()));
+            return Err(ClientError::Upgrade(
+                "connection closed during upgrade".into(),
+            ));
         }
     }
 }
@@ -251,7 +260,10 @@ impl Client {
             let connector = TlsConnector::from(client_config(opts.verify.clone()));
             let name = ServerName::try_from(target.host.clone())
                 .map_err(|_| ClientError::InvalidUrl(opts.url.clone()))?;
-            let tls = connector.connect(name, tcp).await.map_err(ClientError::Tls)?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(ClientError::Tls)?;
             let (_, conn) = tls.get_ref();
             if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
                 metacert_key = conn
@@ -271,7 +283,11 @@ impl Client {
             ..ClientInfo::new()
         };
         let (stream, leftover, fast_key) = match opts.transport {
-            Transport::WebSocket => (Self::websocket(stream, &target).await?, BytesMut::new(), None),
+            Transport::WebSocket => (
+                Self::websocket(stream, &target).await?,
+                BytesMut::new(),
+                None,
+            ),
             Transport::Upgrade => {
                 let fast_key = metacert_key.filter(|_| opts.fast_start);
                 Self::upgrade(stream, &target, opts, &info, fast_key).await?
@@ -304,6 +320,7 @@ impl Client {
             server_key,
             server_info,
             local_addr,
+            public_key: opts.secret.public_key(),
         })
     }
 
@@ -346,7 +363,11 @@ impl Client {
     async fn websocket(stream: BoxStream, target: &Target) -> Result<BoxStream, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let scheme = if target.tls { "wss" } else { "ws" };
-        let url = format!("{scheme}://{}{}", host_header(target), target.path_and_query);
+        let url = format!(
+            "{scheme}://{}{}",
+            host_header(target),
+            target.path_and_query
+        );
         let mut request = url
             .into_client_request()
             .map_err(|e| ClientError::Upgrade(e.to_string()))?;
@@ -358,6 +379,11 @@ impl Client {
             .await
             .map_err(|e| ClientError::Upgrade(e.to_string()))?;
         Ok(Box::new(WsStream::new(ws)))
+    }
+
+    /// This client's own public key.
+    pub fn public_key(&self) -> NodePublicKey {
+        self.public_key
     }
 
     /// The server's DERP public key.

@@ -1,0 +1,104 @@
+//! Bad input during the handshake closes that connection only, with a counted reason.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const UPGRADE: &[u8] =
+    b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n";
+
+/// Sends the upgrade, reads the 101 and the ServerKey frame, then `payload`, and returns
+/// whether the server closed the connection within `wait`.
+async fn closes_after(addr: std::net::SocketAddr, payload: &[u8], wait: Duration) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(UPGRADE).await.unwrap();
+    s.write_all(payload).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_client_info_is_closed_and_others_unaffected() {
+    let server = common::plain_server().await;
+    let addr = server.local_addr();
+    let mut a = common::connect(&server.derp_url()).await;
+    let mut b = common::connect(&server.derp_url()).await;
+
+    // Wrong first frame type.
+    let mut send = vec![0x04, 0, 0, 0, 0x20];
+    send.extend_from_slice(&[0; 32]);
+    assert!(closes_after(addr, &send, Duration::from_secs(5)).await);
+    // ClientInfo too short.
+    assert!(
+        closes_after(
+            addr,
+            &[0x02, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    // ClientInfo longer than 256 KiB is refused from the header alone.
+    assert!(closes_after(addr, &[0x02, 0, 0x10, 0, 0], Duration::from_secs(5)).await);
+    // A box that does not open.
+    let mut junk = vec![0x02, 0, 0, 0, 100];
+    junk.extend_from_slice(&[0xab; 100]);
+    assert!(closes_after(addr, &junk, Duration::from_secs(5)).await);
+
+    a.send_packet(&b.public_key(), b"unaffected").await.unwrap();
+    assert_eq!(common::recv_packet(&mut b).await.1, b"unaffected");
+}
+
+#[tokio::test]
+async fn silent_client_is_cut_at_the_handshake_deadline() {
+    // A relay with a short handshake deadline, driven over an in-memory pipe.
+    let mut config = derper::RelayConfig::new(derp_proto::NodeSecretKey::generate());
+    config.handshake_timeout = Duration::from_millis(200);
+    let relay = derper::Relay::new(config, std::sync::Arc::new(derper::metrics::Metrics::new()));
+    let (server_io, mut client_io) = tokio::io::duplex(4096);
+    let meta = derper::server::ConnMeta::new(
+        "127.0.0.1:1".parse().unwrap(),
+        derper::server::TransportKind::Upgrade,
+    );
+    let accept = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.accept(server_io, bytes::BytesMut::new(), meta).await }
+    });
+    let mut key_frame = [0u8; 45];
+    client_io.read_exact(&mut key_frame).await.unwrap();
+    assert_eq!(&key_frame[..5], &[0x01, 0, 0, 0, 0x28]);
+    let result = tokio::time::timeout(Duration::from_secs(5), accept)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(result, Err(derper::server::AcceptError::Timeout)),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn slow_loris_http_head_does_not_block_others() {
+    let server = common::plain_server().await;
+    let addr = server.local_addr();
+    // Many connections that send half a request and stall.
+    let mut stalls = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /derp HTTP/1.1\r\nHost:").await.unwrap();
+        stalls.push(s);
+    }
+    let mut a = common::connect(&server.derp_url()).await;
+    let mut b = common::connect(&server.derp_url()).await;
+    a.send_packet(&b.public_key(), b"through").await.unwrap();
+    assert_eq!(common::recv_packet(&mut b).await.1, b"through");
+}
