@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Tailscale's derper (pinned release) and ours, on this machine, with the
+# same flags and the same `loadtest` workloads, in the same run. Prints ratios (ours / Go); the
+# machine is shared and noisy, so only ratios from one run mean anything (design.md §7).
+#
+# Usage: bench/run.sh [scenario...]     scenarios: tput tls latency idle storm (default: all)
+# Environment:
+#   PAIRS=8 DURATION=5s           throughput and latency workload
+#   IDLE_CONNS="5000 19000"       idle connection counts (19 000 is one process's cap here)
+#   STORM_CLIENTS=2000 STORM_ROUNDS=2
+#   TAILSCALE_DERPER=/path        use this Go derper instead of installing the pin
+#   DERPER_PIN=v1.102.5
+# Results: bench/results/<UTC timestamp>/{*.json,summary.md}, and bench/results/latest.md.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PIN=${DERPER_PIN:-v1.102.5}
+PAIRS=${PAIRS:-8}
+DURATION=${DURATION:-5s}
+IDLE_CONNS=${IDLE_CONNS:-"5000 19000"}
+STORM_CLIENTS=${STORM_CLIENTS:-2000}
+STORM_ROUNDS=${STORM_ROUNDS:-2}
+SCENARIOS=${*:-tput tls latency idle storm}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$REPO/bench/results/$STAMP
+WORK=$REPO/bench/work/$STAMP
+mkdir -p "$OUT" "$WORK"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# --- binaries -------------------------------------------------------------------------------
+GO_DERPER=${TAILSCALE_DERPER:-$REPO/.tools/bin/derper}
+if ! { [ -x "$GO_DERPER" ] && "$GO_DERPER" -version 2>&1 | grep -q "^${PIN#v}"; }; then
+  log "installing Tailscale derper $PIN into $REPO/.tools/bin"
+  GOBIN=$REPO/.tools/bin go install "tailscale.com/cmd/derper@$PIN"
+  GO_DERPER=$REPO/.tools/bin/derper
+fi
+log "building our derper and loadtest (release)"
+(cd "$REPO" && cargo build --release -q -p derper -p loadtest)
+OURS=$REPO/target/release/derper
+LT=$REPO/target/release/loadtest
+GO_VERSION=$("$GO_DERPER" -version 2>&1 | head -1)
+OUR_COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+
+# --- servers --------------------------------------------------------------------------------
+PID=
+stop_server() {
+  if [ -n "$PID" ]; then
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=
+  fi
+}
+trap stop_server EXIT
+
+# start_server go|ours plain|tls PORT: same flags for both; sets PID and URL.
+start_server() {
+  local which=$1 mode=$2 port=$3 bin
+  bin=$([ "$which" = go ] && echo "$GO_DERPER" || echo "$OURS")
+  local args=(-a "127.0.0.1:$port" -c "$WORK/$which.key" -http-port -1 -stun=false)
+  if [ "$mode" = tls ]; then
+    mkdir -p "$WORK/certs-$which"
+    args+=(-certmode manual -certdir "$WORK/certs-$which" -hostname 127.0.0.1)
+    URL=https://127.0.0.1:$port/derp
+  else
+    URL=http://127.0.0.1:$port/derp
+  fi
+  "$bin" "${args[@]}" >"$WORK/$which-$mode-$port.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  log "$which derper did not start; see $WORK/$which-$mode-$port.log"
+  return 1
+}
+
+PORT=35000
+# run_case NAME go|ours plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
+run_case() {
+  local name=$1 which=$2 mode=$3
+  shift 3
+  PORT=$((PORT + 1))
+  start_server "$which" "$mode" "$PORT" || return 0
+  local extra=()
+  [ "$mode" = tls ] && extra+=(--insecure)
+  local args=("$@")
+  # @PID@ stands for the server's pid (idle memory).
+  args=("${args[@]//@PID@/$PID}")
+  log "$name / $which: loadtest ${args[*]} --url $URL"
+  timeout 600 "$LT" "${args[@]}" --url "$URL" "${extra[@]}" --max-errors 1000000000 \
+    --json "$OUT/$name.$which.json" >"$OUT/$name.$which.txt" 2>&1 || log "$name/$which exited $?"
+  stop_server
+}
+
+# Both servers, alternating which goes first so neither always gets the cooler machine.
+both() {
+  local name=$1
+  shift
+  if [ $((PORT % 2)) -eq 0 ]; then
+    run_case "$name" go "$@"; run_case "$name" ours "$@"
+  else
+    run_case "$name" ours "$@"; run_case "$name" go "$@"
+  fi
+}
+
+for s in $SCENARIOS; do
+  case $s in
+    tput)
+      both tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
+      both tput-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
+      ;;
+    tls)
+      both tput-1300-tls tls pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
+      both tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
+      ;;
+    latency)
+      # Offered load at 50 % and 150 % of Go derper's measured peak (1 300-byte, plain).
+      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.go.json" 2>/dev/null || echo 0)
+      if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
+        for pct in 50 150; do
+          rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
+          both "latency-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
+        done
+      else
+        log "latency: needs the tput scenario first"
+      fi
+      ;;
+    idle)
+      for n in $IDLE_CONNS; do
+        # One loadtest process (19 000 sockets fit under its 20 000-file cap), so the server's
+        # RSS is read once before and once after every connection is up.
+        both "idle-$n-plain" plain idle --conns "$n" --hold 2s --server-pid @PID@ \
+          --source-ips 127.0.1.1-127.0.1.8
+      done
+      ;;
+    storm)
+      both storm plain storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
+        --source-ips 127.0.2.1-127.0.2.8
+      ;;
+    *) log "unknown scenario $s"; exit 2 ;;
+  esac
+done
+
+python3 "$REPO/bench/table.py" "$OUT" "$GO_VERSION" "$OUR_COMMIT" \
+  "loadtest pairs --pairs $PAIRS --duration $DURATION (bench/run.sh $SCENARIOS)" | tee "$OUT/summary.md"
+cp "$OUT/summary.md" "$REPO/bench/results/latest.md"
+log "results in $OUT"
