@@ -96,46 +96,42 @@ impl FrameDecoder {
 
     /// Decodes the next frame from `buf`, consuming its bytes.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawFrame>, DecodeError> {
-        loop {
+        if self.skip_remaining > 0 {
+            let n = self.skip_remaining.min(buf.len());
+            buf.advance(n);
+            self.skip_remaining -= n;
             if self.skip_remaining > 0 {
-                let n = self.skip_remaining.min(buf.len());
-                buf.advance(n);
-                self.skip_remaining -= n;
-                if self.skip_remaining > 0 {
-                    return Ok(None);
-                }
-            }
-            if buf.len() < FRAME_HEADER_LEN {
                 return Ok(None);
             }
-            let ty = FrameType(buf[0]);
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            match self.limit(ty) {
-                Some(max) if len > max => return Err(DecodeError::TooLarge { ty, len, max }),
-                None if len > MAX_FRAME_LEN => {
-                    // An unknown frame too large to buffer: report it now and discard its bytes
-                    // as they arrive.
-                    buf.advance(FRAME_HEADER_LEN);
-                    self.skip_remaining = len;
-                    let skipped = RawFrame {
-                        ty,
-                        payload: Bytes::new(),
-                        len,
-                    };
-                    let n = self.skip_remaining.min(buf.len());
-                    buf.advance(n);
-                    self.skip_remaining -= n;
-                    return Ok(Some(skipped));
-                }
-                _ => {}
-            }
-            if buf.len() < FRAME_HEADER_LEN + len {
-                return Ok(None);
-            }
-            buf.advance(FRAME_HEADER_LEN);
-            let payload = buf.split_to(len).freeze();
-            return Ok(Some(RawFrame { ty, payload, len }));
         }
+        if buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let ty = FrameType(buf[0]);
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        match self.limit(ty) {
+            Some(max) if len > max => return Err(DecodeError::TooLarge { ty, len, max }),
+            None if len > MAX_FRAME_LEN => {
+                // An unknown frame too large to buffer: report it now and discard its bytes
+                // as they arrive.
+                buf.advance(FRAME_HEADER_LEN);
+                let n = len.min(buf.len());
+                buf.advance(n);
+                self.skip_remaining = len - n;
+                return Ok(Some(RawFrame {
+                    ty,
+                    payload: Bytes::new(),
+                    len,
+                }));
+            }
+            _ => {}
+        }
+        if buf.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        buf.advance(FRAME_HEADER_LEN);
+        let payload = buf.split_to(len).freeze();
+        Ok(Some(RawFrame { ty, payload, len }))
     }
 }
 

@@ -138,6 +138,7 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
         }
         FirstRequest::WebSocket => {
             let rewound = Rewind::new(head.freeze(), io);
+            #[allow(clippy::result_large_err)] // the error type is tungstenite's callback contract
             let choose_derp = |_req: &WsRequest, mut resp: WsResponse| {
                 resp.headers_mut().insert(
                     "Sec-WebSocket-Protocol",

@@ -84,13 +84,13 @@ fn valid_challenge(c: &[u8]) -> bool {
 fn generate_204<B>(req: &Request<B>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
-    if let Some(c) = req.headers().get("X-Tailscale-Challenge") {
-        if valid_challenge(c.as_bytes()) {
-            let mut v = b"response ".to_vec();
-            v.extend_from_slice(c.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
-                r.headers_mut().insert("X-Tailscale-Response", v);
-            }
+    if let Some(c) = req.headers().get("X-Tailscale-Challenge")
+        && valid_challenge(c.as_bytes())
+    {
+        let mut v = b"response ".to_vec();
+        v.extend_from_slice(c.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            r.headers_mut().insert("X-Tailscale-Response", v);
         }
     }
     r.headers_mut().insert(

@@ -178,13 +178,13 @@ impl Registry {
             return;
         }
         for (dst, conn_id) in notify {
-            if let Some(target) = self.connection(&dst, conn_id) {
-                if target.enqueue_control(
+            if let Some(target) = self.connection(&dst, conn_id)
+                && target.enqueue_control(
                     Control::PeerGone(client.key, PeerGoneReason::DISCONNECTED),
                     &self.metrics,
-                ) {
-                    self.metrics.peer_gone_disconnected.increment(1);
-                }
+                )
+            {
+                self.metrics.peer_gone_disconnected.increment(1);
             }
         }
         self.broadcast(Control::PeerGone(client.key, PeerGoneReason::DISCONNECTED));
@@ -313,10 +313,8 @@ impl Registry {
             if e.conns.is_empty() {
                 return Err(format!("{:?} has an empty set", e.key()));
             }
-            if let Some(i) = e.active {
-                if i >= e.conns.len() {
-                    return Err(format!("{:?} active index out of range", e.key()));
-                }
+            if e.active.is_some_and(|i| i >= e.conns.len()) {
+                return Err(format!("{:?} active index out of range", e.key()));
             }
             if e.conns.len() > 1 {
                 dups += 1;
