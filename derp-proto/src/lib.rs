@@ -18,6 +18,8 @@ pub mod consts;
 pub mod disco;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod key;
 pub mod stun;

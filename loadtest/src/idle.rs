@@ -136,12 +136,7 @@ pub async fn run_idle(cfg: &IdleConfig) -> anyhow::Result<Report> {
         report
             .extra
             .insert("server_rss_after_kib".into(), after.into());
-        if connected > 0 {
-            let per = (after.saturating_sub(before) * 1_024) as f64 / connected as f64;
-            report
-                .extra
-                .insert("server_bytes_per_conn".into(), (per.round() as u64).into());
-        }
+        // `server_bytes_per_conn` is derived in `Report::finalize`.
     }
     if let Ok(own) = rss_kib(std::process::id()) {
         report.extra.insert("loadtest_rss_kib".into(), own.into());

@@ -68,7 +68,7 @@ struct DialArgs {
 
 #[derive(Debug, Args)]
 struct OutputArgs {
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: to stdout, with the summary on stderr).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Live progress on stderr.
@@ -313,11 +313,20 @@ fn finish(mut report: Report, out: &OutputArgs) -> anyhow::Result<bool> {
     th.max_errors = out.max_errors;
     th.min_pps = out.min_pps;
     report.judge(&th);
-    if let Some(path) = &out.json {
-        let s = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, s).with_context(|| format!("write {}", path.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    match &out.json {
+        // `--json -`: the report is the only thing on stdout (Kubernetes pod logs), the
+        // summary goes to stderr.
+        Some(path) if path.as_os_str() == "-" => {
+            println!("{json}");
+            eprint!("{}", report.summary());
+        }
+        Some(path) => {
+            std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+            print!("{}", report.summary());
+        }
+        None => print!("{}", report.summary()),
     }
-    print!("{}", report.summary());
     Ok(report.verdict.pass)
 }
 

@@ -214,6 +214,17 @@ impl Report {
             t.bits_per_sec = 8.0 * t.bytes_received as f64 / self.measured_secs;
         }
         self.paths.direct_ratio = ratio(self.paths.direct, self.paths.direct + self.paths.relayed);
+        // Server memory per connection, from the widest before/after readings (exact for one
+        // process; for merged shards, the shared server's growth over all their connections).
+        let kib = |k: &str| self.extra.get(k).and_then(serde_json::Value::as_u64);
+        if let (Some(before), Some(after)) =
+            (kib("server_rss_before_kib"), kib("server_rss_after_kib"))
+            && self.peers.connected > 0
+        {
+            let per = after.saturating_sub(before) * 1_024 / self.peers.connected;
+            self.extra
+                .insert("server_bytes_per_conn".into(), per.into());
+        }
         let h = &self.latency_us.histogram;
         self.latency_us.p50 = h.quantile(0.50);
         self.latency_us.p90 = h.quantile(0.90);
@@ -314,7 +325,7 @@ impl Report {
                 None => {
                     self.extra.insert(k.clone(), v.clone());
                 }
-                Some(mine) => merge_value(mine, v),
+                Some(mine) => merge_value(k, mine, v),
             }
         }
     }
@@ -397,8 +408,21 @@ impl Report {
     }
 }
 
-fn merge_value(mine: &mut serde_json::Value, other: &serde_json::Value) {
+/// Merges one scenario-specific figure: lists concatenate, counts add, and readings of the one
+/// shared server take the extreme (before: earliest/min, after: latest/max).
+fn merge_value(key: &str, mine: &mut serde_json::Value, other: &serde_json::Value) {
     use serde_json::Value;
+    if key.starts_with("server_") {
+        if let (Some(a), Some(b)) = (mine.as_u64(), other.as_u64()) {
+            *mine = if key.ends_with("before_kib") {
+                a.min(b)
+            } else {
+                a.max(b)
+            }
+            .into();
+        }
+        return;
+    }
     match (mine, other) {
         (Value::Array(a), Value::Array(b)) => a.extend(b.iter().cloned()),
         (Value::Number(a), Value::Number(b)) => {

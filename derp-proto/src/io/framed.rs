@@ -52,7 +52,8 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
             }
             // Reserve for the frame in progress (bounded by the decoder's limits) so a large
             // packet is read into one allocation instead of many small ones.
-            self.buf.reserve(self.decoder.needed(&self.buf).max(READ_CHUNK));
+            self.buf
+                .reserve(self.decoder.needed(&self.buf).max(READ_CHUNK));
             let n = self.io.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Err(ReadFrameError::Closed);

@@ -280,10 +280,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => {
                     metrics.write_timeouts.increment(1);
                     if packets > 0 {
-                        metrics.drop_packet(
+                        metrics.drop_packets(
                             DropReason::WriteError,
                             PacketKind::Other,
-                            packet_bytes as usize,
+                            packets,
+                            packet_bytes,
                         );
                     }
                     return Err(ConnError::WriteTimeout(t));
@@ -293,10 +294,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         };
         if let Err(e) = result {
             if packets > 0 {
-                metrics.drop_packet(
+                metrics.drop_packets(
                     DropReason::WriteError,
                     PacketKind::Other,
-                    packet_bytes as usize,
+                    packets,
+                    packet_bytes,
                 );
             }
             return Err(ConnError::Write(e));
