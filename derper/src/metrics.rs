@@ -228,12 +228,17 @@ impl Metrics {
 
     /// Counts one dropped packet of `len` bytes.
     pub fn drop_packet(&self, reason: DropReason, kind: PacketKind, len: usize) {
+        self.drop_packets(reason, kind, 1, len as u64);
+    }
+
+    /// Counts `packets` dropped packets totalling `bytes`.
+    pub fn drop_packets(&self, reason: DropReason, kind: PacketKind, packets: u64, bytes: u64) {
         let r = DropReason::ALL
             .iter()
             .position(|x| *x == reason)
             .unwrap_or(0);
-        self.packets_dropped[r][kind.index()].increment(1);
-        self.bytes_dropped[r][kind.index()].increment(len as u64);
+        self.packets_dropped[r][kind.index()].increment(packets);
+        self.bytes_dropped[r][kind.index()].increment(bytes);
     }
 
     /// Counts one received packet.
