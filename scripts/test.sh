@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The one command that runs every test on a fresh machine:
+#   formatting and clippy, Rust unit/property/integration tests, the Go interop suite (Tailscale's
+#   own client code against our derper and stunner, and validated against Tailscale's derper),
+#   and independent STUN clients from Debian.
+#
+# It installs what it needs: Tailscale's derper at the pinned release (scripts/install-go-tools.sh)
+# and Debian packages for the STUN interop (as root). On a machine without Go or root, those steps
+# say clearly that they were skipped and why; with CI=true a skipped step is a failure.
+#
+# Ends with one line "N passed, N failed" over the steps, and exits non-zero if any failed.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+STRICT=0
+[[ "${CI:-}" == "true" ]] && STRICT=1
+
+passed=0
+failed=0
+failures=()
+skipped=()
+
+step() {
+    local name="$1"
+    shift
+    echo
+    echo "==> ${name}"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "<== ${name}: ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "<== ${name}: FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+skip() {
+    local name="$1" why="$2"
+    echo
+    echo "==> ${name}: SKIPPED: ${why}"
+    skipped+=("${name} (${why})")
+    if [[ $STRICT -eq 1 ]]; then
+        failed=$((failed + 1))
+        failures+=("${name} skipped under CI: ${why}")
+    fi
+}
+
+have_go=0
+command -v go >/dev/null 2>&1 && have_go=1
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [[ $have_go -eq 1 ]]; then
+    step "install Tailscale derper (pinned)" scripts/install-go-tools.sh
+    export TAILSCALE_DERPER="$REPO/.tools/bin/derper"
+else
+    skip "install Tailscale derper (pinned)" "go is not installed: Go interop tests cannot run"
+fi
+
+step "cargo build (derper, stunner, loadtest)" cargo build --locked -p derper -p stunner -p loadtest
+step "cargo test" cargo test --workspace --locked --no-fail-fast
+
+if [[ $have_go -eq 1 && -x "$REPO/.tools/bin/derper" ]]; then
+    go_suite() {
+        local bin="$1" flavor="$2"
+        (cd tests/go && DERPER_BIN="$bin" DERPER_FLAVOR="$flavor" STUNNER_BIN="$REPO/target/debug/stunner" \
+            go test -tags ts_debug_websockets -count=1 -timeout 600s ./...)
+    }
+    step "go interop: Tailscale client code vs our derper + stunner" go_suite "$REPO/target/debug/derper" ours
+    step "go interop: same suite vs Tailscale's derper (validates the suite)" go_suite "$REPO/.tools/bin/derper" tailscale
+else
+    skip "go interop suite" "go or Tailscale's derper unavailable"
+fi
+
+stun_interop() {
+    local out
+    out="$(STUNNER_BIN="$REPO/target/debug/stunner" bash tests/stun-interop.sh 2>&1)"
+    local rc=$?
+    echo "$out"
+    if grep -q "skipped" <<<"$out"; then
+        skipped+=("stun interop ($(grep -m1 skipped <<<"$out"))")
+        [[ $STRICT -eq 1 ]] && return 1
+    fi
+    return $rc
+}
+step "stun interop: coturn and stun-client against stunner" stun_interop
+
+if [[ -x tests/loadtest-netns.sh ]]; then
+    step "loadtest with real network namespaces (root)" tests/loadtest-netns.sh
+fi
+
+echo
+if ((${#skipped[@]})); then
+    echo "Skipped:"
+    printf '  - %s\n' "${skipped[@]}"
+fi
+if ((${#failures[@]})); then
+    echo "Failed:"
+    printf '  - %s\n' "${failures[@]}"
+fi
+echo "steps: ${passed} passed, ${failed} failed"
+[[ $failed -eq 0 ]]
