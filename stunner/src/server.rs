@@ -457,9 +457,9 @@ mod batched {
                 biased;
                 () = cancel.cancelled() => break 'serve,
                 r = ep.socket.readable() => if let Err(e) = r {
-                    tally.read_error += 1;
-                    log_error("read", &mut read_errors, ep.local, &e);
-                    continue 'serve;
+                    // Only fails when the runtime's I/O driver is gone: nothing left to serve.
+                    tracing::error!(local = %ep.local, error = %e, "STUN socket unusable");
+                    break 'serve;
                 },
             }
             for _ in 0..DRAIN_ROUNDS {
