@@ -129,13 +129,22 @@ pub async fn run_idle(cfg: &IdleConfig) -> anyhow::Result<Report> {
     tokio::time::sleep(cfg.settle).await;
     let alive_after_settle = connected - finished(&mut held);
     if let (Some(pid), Some(before)) = (cfg.server_pid, before) {
-        let after = rss_kib(pid)?;
-        report
-            .extra
-            .insert("server_rss_before_kib".into(), before.into());
-        report
-            .extra
-            .insert("server_rss_after_kib".into(), after.into());
+        // A server that died under the load (the OOM killer, say) is a finding, not a crash.
+        match rss_kib(pid) {
+            Ok(after) => {
+                report
+                    .extra
+                    .insert("server_rss_before_kib".into(), before.into());
+                report
+                    .extra
+                    .insert("server_rss_after_kib".into(), after.into());
+            }
+            Err(e) => report.push_error(
+                format!("server pid {pid}"),
+                "memory",
+                format!("{e:#} (server gone?)"),
+            ),
+        }
         // `server_bytes_per_conn` is derived in `Report::finalize`.
     }
     if let Ok(own) = rss_kib(std::process::id()) {
