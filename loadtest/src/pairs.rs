@@ -198,6 +198,13 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
             }
         }
     }
+    if cfg.cross_relay && report.traffic.sent > 0 && report.traffic.received == 0 {
+        report.push_error(
+            "all pairs",
+            "mesh",
+            "no packet crossed between relays: are they meshed (same --mesh-psk-file, --mesh-with)?",
+        );
+    }
     report.measured_secs = cfg.duration.as_secs_f64();
     report.latency_us.histogram = hist;
     report.peers.failed = report

@@ -67,6 +67,7 @@ pub struct NodeResult {
 /// Probes every node of `map`.
 pub async fn run_probe(map: &DerpMap, cfg: &ProbeConfig, target: &str) -> Report {
     let mut report = Report::new("probe", target);
+    let started = Instant::now();
     let nodes = map.nodes();
     let mut results = Vec::new();
     for (i, (region, node)) in nodes.iter().enumerate() {
@@ -121,6 +122,7 @@ pub async fn run_probe(map: &DerpMap, cfg: &ProbeConfig, target: &str) -> Report
         results.push(r);
     }
     report.peers.failed = report.peers.requested - report.peers.connected;
+    report.measured_secs = started.elapsed().as_secs_f64();
     report.extra.insert(
         "probe".into(),
         serde_json::to_value(&results).unwrap_or_default(),

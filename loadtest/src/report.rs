@@ -385,6 +385,38 @@ impl Report {
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
+        if t.sent == 0 && l.histogram.count > 0 {
+            let what = if self.scenario == "probe" {
+                "relay 1-way"
+            } else {
+                "connect"
+            };
+            let _ = writeln!(
+                s,
+                "  {what:<10} p50 {} µs, p99 {} µs, max {} µs ({} samples)",
+                l.p50, l.p99, l.max, l.histogram.count
+            );
+        }
+        if let Some(serde_json::Value::Array(nodes)) = self.extra.get("probe") {
+            for n in nodes {
+                let f = |k: &str| n.get(k).map_or_else(String::new, |v| v.to_string());
+                let failures = n
+                    .get("failures")
+                    .and_then(|v| v.as_array())
+                    .map_or(0, Vec::len);
+                let _ = writeln!(
+                    s,
+                    "    node {:<8} region {:<5} connect {:>8} µs  rtt {:>8} µs  stun {:>8} µs  mesh {:<5} {}",
+                    f("node").trim_matches('"'),
+                    f("region"),
+                    f("connect_us"),
+                    f("rtt_us"),
+                    f("stun_us"),
+                    f("mesh_ok"),
+                    if failures == 0 { "ok" } else { "FAILED" }
+                );
+            }
+        }
         for (k, v) in &self.extra {
             if !v.is_array() && !v.is_object() {
                 let _ = writeln!(s, "  {k:<10} {v}");
