@@ -1,0 +1,116 @@
+//! Replays the committed fuzz corpus through the harnesses, so every `cargo test` re-runs every
+//! input the fuzzers were seeded with or found (rustls: `test_read_fuzz_corpus`).
+//!
+//! The corpus lives in `fuzz/corpus/<target>/`, one directory per target in
+//! `fuzz/fuzz_targets/`; a crash input committed there stays fixed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use derp_proto::fuzzing;
+
+/// A harness: takes any bytes, panics only on a broken invariant.
+type Harness = fn(&[u8]);
+
+/// Every fuzz target and the harness it calls.
+const TARGETS: [(&str, Harness); 6] = [
+    ("frame_decoder", fuzzing::frame_decoder),
+    ("client_messages", fuzzing::client_messages),
+    ("server_messages", fuzzing::server_messages),
+    ("handshake_server", fuzzing::handshake_server),
+    ("client_info_open", fuzzing::client_info_open),
+    ("stun_request", fuzzing::stun_request),
+];
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn replay(target: &str) {
+    let harness = TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .map(|(_, f)| *f)
+        .unwrap();
+    let dir = fuzz_dir().join("corpus").join(target);
+    let inputs = files(&dir);
+    assert!(!inputs.is_empty(), "{}: empty corpus", dir.display());
+    for path in inputs {
+        let data = fs::read(&path).unwrap();
+        // Name the input in the failure, then let the harness's own panic message follow.
+        let result = std::panic::catch_unwind(|| harness(&data));
+        assert!(result.is_ok(), "{target}: {} fails", path.display());
+    }
+}
+
+#[test]
+fn frame_decoder() {
+    replay("frame_decoder");
+}
+
+#[test]
+fn client_messages() {
+    replay("client_messages");
+}
+
+#[test]
+fn server_messages() {
+    replay("server_messages");
+}
+
+#[test]
+fn handshake_server() {
+    replay("handshake_server");
+}
+
+#[test]
+fn client_info_open() {
+    replay("client_info_open");
+}
+
+#[test]
+fn stun_request() {
+    replay("stun_request");
+}
+
+/// Every corpus directory has a harness here and a target in `fuzz/`, and the other way round.
+#[test]
+fn targets_and_corpus_match() {
+    let fuzz = fuzz_dir();
+    let mut corpus: Vec<String> = fs::read_dir(fuzz.join("corpus"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    corpus.sort();
+    let mut targets: Vec<String> = files(&fuzz.join("fuzz_targets"))
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    let mut ours: Vec<String> = TARGETS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    ours.sort();
+    assert_eq!(corpus, ours, "fuzz/corpus/ directories");
+    assert_eq!(targets, ours, "fuzz/fuzz_targets/ files");
+    let manifest = fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
+    for name in &ours {
+        let target = fs::read_to_string(fuzz.join(format!("fuzz_targets/{name}.rs"))).unwrap();
+        assert!(
+            target.contains(&format!("derp_proto::fuzzing::{name}(data)")),
+            "fuzz_targets/{name}.rs must call derp_proto::fuzzing::{name}"
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name} not in Cargo.toml"
+        );
+    }
+}
