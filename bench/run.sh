@@ -5,7 +5,8 @@
 #
 # Usage: bench/run.sh [scenario...]     scenarios: tput tls latency idle storm (default: all)
 # Environment:
-#   PAIRS=8 DURATION=5s           throughput and latency workload
+#   PAIRS=8 DURATION=5s WINDOW=64 throughput and latency workload (WINDOW: packets in flight
+#                                 per sender in the closed-loop peak runs)
 #   IDLE_CONNS="5000 19000"       idle connection counts (19 000 is one process's cap here)
 #   STORM_CLIENTS=2000 STORM_ROUNDS=2
 #   TAILSCALE_DERPER=/path        use this Go derper instead of installing the pin
@@ -16,6 +17,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PIN=${DERPER_PIN:-v1.102.5}
 PAIRS=${PAIRS:-8}
+WINDOW=${WINDOW:-64}
 DURATION=${DURATION:-5s}
 IDLE_CONNS=${IDLE_CONNS:-"5000 19000"}
 STORM_CLIENTS=${STORM_CLIENTS:-2000}
@@ -107,15 +109,20 @@ both() {
 for s in $SCENARIOS; do
   case $s in
     tput)
-      both tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
-      both tput-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
+      # Peak: closed loop, at most $WINDOW packets in flight per sender, so the relay is busy
+      # but not drowning. Overload: open loop, senders write as fast as they can.
+      both tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
+      both tput-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
+      both overload-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
+      both overload-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
       ;;
     tls)
-      both tput-1300-tls tls pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
-      both tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
+      both tput-1300-tls tls pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
+      both tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
       ;;
     latency)
-      # Offered load at 50 % and 150 % of Go derper's measured peak (1 300-byte, plain).
+      # Offered load at 50 % and 150 % of Go derper's measured peak (1 300-byte, plain, closed
+      # loop), open loop at a fixed rate.
       peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.go.json" 2>/dev/null || echo 0)
       if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
         for pct in 50 150; do
@@ -143,6 +150,6 @@ for s in $SCENARIOS; do
 done
 
 python3 "$REPO/bench/table.py" "$OUT" "$GO_VERSION" "$OUR_COMMIT" \
-  "loadtest pairs --pairs $PAIRS --duration $DURATION (bench/run.sh $SCENARIOS)" | tee "$OUT/summary.md"
+  "PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW bench/run.sh $SCENARIOS" | tee "$OUT/summary.md"
 cp "$OUT/summary.md" "$REPO/bench/results/latest.md"
 log "results in $OUT"

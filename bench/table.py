@@ -21,7 +21,7 @@ def load(d, name, which):
 def metrics(name, r):
     """(label, value, higher_is_better) rows for one report."""
     t, lat, ex = r.get("traffic", {}), r.get("latency_us", {}), r.get("extra", {})
-    if name.startswith("tput"):
+    if name.startswith("tput") or name.startswith("overload"):
         return [
             ("packets/s", t.get("packets_per_sec", 0), True),
             ("Mbit/s", t.get("bits_per_sec", 0) / 1e6, True),

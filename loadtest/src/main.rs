@@ -150,6 +150,10 @@ struct PairsArgs {
     /// Packets per flush at full speed.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// With --max: most packets each sender keeps in flight (closed loop, measures the peak the
+    /// relay sustains); without it, --max overloads the relay (open loop).
+    #[arg(long, requires = "max")]
+    window: Option<u64>,
     /// Test hook: damage every Nth packet (`corrupt=N,drop=M,dup=K`).
     #[arg(long, hide = true)]
     inject: Option<String>,
@@ -347,6 +351,7 @@ async fn pairs(a: PairsArgs, cross: bool) -> anyhow::Result<(Report, OutputArgs)
     c.stun = a.stun;
     c.punch_timeout = a.punch_timeout;
     c.batch = a.batch;
+    c.window = a.window;
     c.progress = a.out.progress;
     if let Some(spec) = &a.inject {
         c.faults = parse_faults(spec)?;

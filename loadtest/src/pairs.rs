@@ -74,6 +74,10 @@ pub struct PairsConfig {
     pub punch_timeout: Duration,
     /// Packets per flush when sending at full speed.
     pub batch: usize,
+    /// At full speed, most packets a sender keeps in flight (sent, not yet received by its
+    /// partner). `None` is open loop: the relay is overloaded and drops, which measures its
+    /// overload behaviour; a window measures the peak it sustains with bounded queueing.
+    pub window: Option<u64>,
     /// Print live progress to stderr once a second.
     pub progress: bool,
     /// Deliberate damage for testing the integrity checks.
@@ -115,6 +119,7 @@ impl PairsConfig {
             stun: None,
             punch_timeout: Duration::from_secs(3),
             batch: DEFAULT_BATCH,
+            window: None,
             progress: false,
             faults: Faults::default(),
         }
@@ -131,7 +136,23 @@ struct ReadyPeer {
     /// Confirmed direct path to the partner.
     direct: Option<SocketAddr>,
     initiator: bool,
+    /// The direction this peer sends on (its partner's receiver counts into it).
+    tx_flow: Arc<Flow>,
+    /// The direction this peer receives on.
+    rx_flow: Arc<Flow>,
 }
+
+/// Delivery count of one direction, shared by its sender and receiver (same process), so a
+/// windowed sender knows how many of its packets are still in flight.
+#[derive(Debug, Default)]
+struct Flow {
+    received: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+/// How long a windowed sender waits for deliveries before assuming the in-flight packets were
+/// dropped and sending anyway.
+const WINDOW_WAIT: Duration = Duration::from_millis(5);
 
 /// Runs the scenario and returns a finalized (not yet judged) report.
 pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
@@ -367,6 +388,7 @@ async fn setup_pair(
         nats = [Some((kinds[0], na)), Some((kinds[1], nb))];
     }
     let [na, nb] = nats;
+    let flows = [Arc::new(Flow::default()), Arc::new(Flow::default())];
     let [na_name, nb_name] = names;
     Ok([
         ReadyPeer {
@@ -377,6 +399,8 @@ async fn setup_pair(
             nat: na,
             direct: direct[0],
             initiator: true,
+            tx_flow: Arc::clone(&flows[0]),
+            rx_flow: Arc::clone(&flows[1]),
         },
         ReadyPeer {
             name: nb_name,
@@ -386,6 +410,8 @@ async fn setup_pair(
             nat: nb,
             direct: direct[1],
             initiator: false,
+            tx_flow: Arc::clone(&flows[1]),
+            rx_flow: Arc::clone(&flows[0]),
         },
     ])
 }
@@ -539,6 +565,8 @@ fn spawn_peer(
         batch: cfg.batch.max(1),
         faults: cfg.faults,
         progress: Arc::clone(progress),
+        window: cfg.window.filter(|_| cfg.rate.is_none()),
+        flow: p.tx_flow,
     };
     if sends {
         tasks.spawn(sender.run(epoch, start, end));
@@ -557,12 +585,15 @@ fn spawn_peer(
     let name = p.name;
     let partner = p.partner;
     let codec = p.codec;
+    let flow = p.rx_flow;
     tasks.spawn(async move {
         let mut rx = Box::new(Receiver::new(codec));
-        let error = recv_loop(&mut rx, reader, udp_rx, partner, epoch, stop, &progress)
-            .await
-            .err()
-            .map(|e| (name, format!("{e:#}")));
+        let error = recv_loop(
+            &mut rx, reader, udp_rx, partner, epoch, stop, &progress, &flow,
+        )
+        .await
+        .err()
+        .map(|e| (name, format!("{e:#}")));
         PeerOutcome::Received { rx, error }
     });
 }
@@ -606,6 +637,8 @@ struct Sender {
     batch: usize,
     faults: Faults,
     progress: Arc<Progress>,
+    window: Option<u64>,
+    flow: Arc<Flow>,
 }
 
 impl Sender {
@@ -655,7 +688,12 @@ impl Sender {
                     }
                     n
                 }
-                None => self.batch as u64,
+                None => {
+                    if let Some(w) = self.window {
+                        wait_for_window(&self.flow, seq, w, self.batch as u64).await;
+                    }
+                    self.batch as u64
+                }
             };
             for _ in 0..n {
                 seq += 1;
@@ -700,6 +738,24 @@ impl Sender {
         match tokio::time::timeout_at(end + Duration::from_secs(1), self.writer.flush()).await {
             Ok(r) => Ok(r.context("flush")?),
             Err(_) => bail!("write stalled past the end of the data phase"),
+        }
+    }
+}
+
+/// Waits until fewer than `window - batch` packets are in flight, or [`WINDOW_WAIT`] passes
+/// without a delivery (those packets were dropped; waiting longer would stall for good).
+async fn wait_for_window(flow: &Flow, seq: u64, window: u64, batch: u64) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let in_flight = seq.saturating_sub(flow.received.load(Ordering::Relaxed));
+        if in_flight + batch <= window {
+            return;
+        }
+        if tokio::time::timeout(WINDOW_WAIT, flow.notify.notified())
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -776,6 +832,7 @@ impl Receiver {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn recv_loop(
     rx: &mut Receiver,
     mut reader: ClientReader,
@@ -784,7 +841,14 @@ async fn recv_loop(
     epoch: Instant,
     stop: Instant,
     progress: &Progress,
+    flow: &Flow,
 ) -> anyhow::Result<()> {
+    let delivered = || {
+        Progress::add(&progress.received, 1);
+        flow.received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        flow.notify.notify_one();
+    };
     loop {
         let udp_recv = async {
             match udp.as_mut() {
@@ -798,7 +862,7 @@ async fn recv_loop(
                 ServerToClient::RecvPacket { src, packet }
                     if src == partner && rx.on_packet(&packet, nanos(epoch)) =>
                 {
-                    Progress::add(&progress.received, 1);
+                    delivered();
                 }
                 ServerToClient::RecvPacket { src, .. } if src != partner => rx.foreign += 1,
                 _ => {}
@@ -806,7 +870,7 @@ async fn recv_loop(
             d = udp_recv => match d {
                 Some((_, packet)) => {
                     if rx.on_packet(&packet, nanos(epoch)) {
-                        Progress::add(&progress.received, 1);
+                        delivered();
                     }
                 }
                 None => udp = None,
