@@ -7,9 +7,14 @@ use std::time::Duration;
 /// 32 × 64 KiB per lane and that latency under overload stays low (old packets are dropped).
 pub const QUEUE_DEPTH: usize = 32;
 
-/// Depth of each client's control queue. PeerGone and PeerPresent are small; watchers (mesh
-/// peers) get one entry per connected key when they subscribe, hence the generous bound.
-pub const CONTROL_QUEUE_DEPTH: usize = 16 * 1024;
+/// Depth of a regular client's control queue: PeerGone for peers that left since the writer
+/// last ran. Far more than a burst of simultaneous departures a client normally sees; the
+/// queue allocates as it fills, so the bound costs an idle connection nothing.
+pub const CONTROL_QUEUE_DEPTH: usize = 1024;
+
+/// Depth of a mesh peer's control queue: on WatchConns it gets one PeerPresent per connected
+/// key at once, so this bounds the keys a region can hold without dropping presence updates.
+pub const MESH_CONTROL_QUEUE_DEPTH: usize = 256 * 1024;
 
 /// Write deadline per flush for regular clients (Go: `-tcp-write-timeout`, 2 s).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);

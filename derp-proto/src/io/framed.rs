@@ -22,16 +22,22 @@ pub enum ReadFrameError {
 }
 
 /// Reads frames from a stream with a [`FrameDecoder`].
+///
+/// The read size adapts: it grows while reads fill the buffer (bulk traffic: fewer syscalls)
+/// and shrinks back while they do not (idle connections hold little memory).
 #[derive(Debug)]
 pub struct FramedRead<R> {
     io: R,
     buf: BytesMut,
     decoder: FrameDecoder,
+    read_size: usize,
 }
 
-/// Read size when nothing more specific is known; large enough to take many small frames per
-/// syscall, small enough that a retained packet pins little memory.
-const READ_CHUNK: usize = 16 * 1024;
+/// Smallest read reservation: enough for a handshake frame or a few small packets.
+const MIN_READ: usize = 4 * 1024;
+
+/// Largest read reservation: one maximal packet frame per read when traffic is heavy.
+const MAX_READ: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FramedRead<R> {
     /// Wraps `io`, starting with any bytes already read past an HTTP upgrade.
@@ -40,23 +46,33 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
             io,
             buf: initial,
             decoder,
+            read_size: MIN_READ,
         }
     }
 
-    /// Reads the next frame. The payload shares no memory with later frames' buffers beyond the
-    /// read chunk it arrived in.
+    /// Reads the next frame. Packet payloads are split out of the read buffer without copying.
     pub async fn read_frame(&mut self) -> Result<RawFrame, ReadFrameError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(frame);
             }
-            // Reserve for the frame in progress (bounded by the decoder's limits) so a large
-            // packet is read into one allocation instead of many small ones.
+            if self.buf.is_empty() && self.buf.capacity() > 2 * self.read_size {
+                // Drop a large buffer kept from a burst (or shared with packets still queued
+                // elsewhere) rather than pin it while the connection idles.
+                self.buf = BytesMut::new();
+            }
+            // Reserve for the frame in progress (the decoder bounds it) or one read's worth.
             self.buf
-                .reserve(self.decoder.needed(&self.buf).max(READ_CHUNK));
+                .reserve(self.decoder.needed(&self.buf).max(self.read_size));
+            let spare = self.buf.capacity() - self.buf.len();
             let n = self.io.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Err(ReadFrameError::Closed);
+            }
+            if n >= spare {
+                self.read_size = (self.read_size * 2).min(MAX_READ);
+            } else if n < self.read_size / 8 {
+                self.read_size = (self.read_size / 2).max(MIN_READ);
             }
         }
     }
@@ -79,7 +95,7 @@ impl<W: AsyncWrite + Unpin> FramedWrite<W> {
     pub fn new(io: W) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
         }
     }
 
@@ -95,9 +111,14 @@ impl<W: AsyncWrite + Unpin> FramedWrite<W> {
 
     /// Writes everything buffered and flushes the stream.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
+        let written = self.buf.len();
+        if written > 0 {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
+        }
+        // Release a large buffer kept from a burst once writes are small again.
+        if self.buf.capacity() > MAX_READ && written < MIN_READ {
+            self.buf = BytesMut::new();
         }
         self.io.flush().await
     }

@@ -39,8 +39,10 @@ pub struct RelayConfig {
     pub mesh_key: Option<MeshKey>,
     /// Depth of each client's data and disco queues.
     pub queue_depth: usize,
-    /// Depth of each client's control queue (PeerGone/PeerPresent).
+    /// Depth of each regular client's control queue (PeerGone, Restarting).
     pub control_queue_depth: usize,
+    /// Depth of each mesh peer's control queue (a PeerPresent per connected key on WatchConns).
+    pub mesh_control_queue_depth: usize,
     /// Per-flush write deadline for regular clients; `None` disables it.
     pub write_timeout: Option<Duration>,
     /// Per-flush write deadline for mesh peers.
@@ -63,6 +65,7 @@ impl RelayConfig {
             mesh_key: None,
             queue_depth: defaults::QUEUE_DEPTH,
             control_queue_depth: defaults::CONTROL_QUEUE_DEPTH,
+            mesh_control_queue_depth: defaults::MESH_CONTROL_QUEUE_DEPTH,
             write_timeout: Some(defaults::WRITE_TIMEOUT),
             mesh_write_timeout: defaults::MESH_WRITE_TIMEOUT,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
@@ -278,7 +281,11 @@ impl Relay {
             is_mesh,
             QueueDepths {
                 packets: inner.config.queue_depth,
-                control: inner.config.control_queue_depth,
+                control: if is_mesh {
+                    inner.config.mesh_control_queue_depth
+                } else {
+                    inner.config.control_queue_depth
+                },
             },
             cancel.clone(),
         ));

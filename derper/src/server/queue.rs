@@ -69,7 +69,11 @@ pub(crate) struct ClientShared {
     // Pushed by any task, popped only by this connection's writer.
     data: ArrayQueue<Packet>,
     disco: ArrayQueue<Packet>,
-    control: ArrayQueue<Control>,
+    /// Control frames. A tokio channel because it allocates in small blocks as it fills, so a
+    /// generous bound (needed by mesh watchers) costs an idle connection nothing.
+    control_tx: tokio::sync::mpsc::Sender<Control>,
+    /// Only the writer receives; the mutex is uncontended and never held across an await.
+    control_rx: std::sync::Mutex<tokio::sync::mpsc::Receiver<Control>>,
     /// Holds at most one pending Pong: a Ping that arrives while one is pending is ignored, as
     /// in Go derper.
     pong: ArrayQueue<[u8; 8]>,
@@ -99,6 +103,7 @@ impl ClientShared {
         depths: QueueDepths,
         cancel: CancellationToken,
     ) -> Self {
+        let (control_tx, control_rx) = tokio::sync::mpsc::channel(depths.control.max(1));
         Self {
             conn_id,
             key,
@@ -108,7 +113,8 @@ impl ClientShared {
             cancel,
             data: ArrayQueue::new(depths.packets.max(1)),
             disco: ArrayQueue::new(depths.packets.max(1)),
-            control: ArrayQueue::new(depths.control.max(1)),
+            control_tx,
+            control_rx: std::sync::Mutex::new(control_rx),
             pong: ArrayQueue::new(1),
             wake: Notify::new(),
             is_dup: AtomicBool::new(false),
@@ -142,7 +148,7 @@ impl ClientShared {
         if self.cancel.is_cancelled() {
             return false;
         }
-        if self.control.push(control).is_err() {
+        if self.control_tx.try_send(control).is_err() {
             metrics.control_dropped.increment(1);
             return false;
         }
@@ -158,7 +164,11 @@ impl ClientShared {
     }
 
     pub(crate) fn pop_control(&self) -> Option<Control> {
-        self.control.pop()
+        self.control_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_recv()
+            .ok()
     }
 
     pub(crate) fn pop_pong(&self) -> Option<[u8; 8]> {
