@@ -52,7 +52,7 @@ pub enum SpawnError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// A listener could not be bound.
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Bind {
         /// Address.
         addr: SocketAddr,
