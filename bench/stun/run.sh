@@ -122,7 +122,9 @@ done
 {
     echo "## STUN binding responses, loopback ($(date -u +%F), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
     echo
-    echo "Command: \`ROUNDS=$ROUNDS DURATION=$DURATION MODE=$MODE SOCKETS=$SOCKETS bash bench/stun/run.sh\`"
+    window_env=""
+    [[ $MODE == closed ]] && window_env="WINDOW=$WINDOW "
+    echo "Command: \`ROUNDS=$ROUNDS DURATION=$DURATION MODE=$MODE ${window_env}SOCKETS=$SOCKETS bash bench/stun/run.sh\`"
     echo "(server on CPU $SERVER_CPU, client on CPU $CLIENT_CPU; medians of $ROUNDS interleaved rounds of ${DURATION}s)"
     echo
     echo "| server | responses/s | vs derper | server CPU µs/response | vs derper | server CPU % |"
