@@ -10,8 +10,9 @@
 //! - [`probe`]: check every node of a DERP map;
 //! - `mesh`: pairs whose two peers sit on different relays of a region.
 //!
-//! Each produces a [`report::Report`] that prints, serialises to JSON, merges across worker
-//! processes and Kubernetes Job pods, and is judged against CI thresholds.
+//! Each produces a [`report::Report`] that prints, serialises to JSON (with a latency histogram
+//! SVG next to it), merges across worker processes and Kubernetes Job pods, and is judged
+//! against CI thresholds.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod derpmap;
@@ -25,6 +26,7 @@ pub mod probe;
 pub mod report;
 pub mod stats;
 pub mod storm;
+pub mod svg;
 
 use std::sync::Arc;
 use std::time::Duration;

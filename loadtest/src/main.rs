@@ -68,7 +68,8 @@ struct DialArgs {
 
 #[derive(Debug, Args)]
 struct OutputArgs {
-    /// Write the JSON report here (`-`: to stdout, with the summary on stderr).
+    /// Write the JSON report here (`-`: to stdout, with the summary on stderr), and the latency
+    /// histogram as SVG next to it (same name, `.svg`).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Live progress on stderr.
@@ -327,6 +328,11 @@ fn finish(mut report: Report, out: &OutputArgs) -> anyhow::Result<bool> {
         }
         Some(path) => {
             std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+            if let Some(svg) = loadtest::svg::latency_svg(&report) {
+                let svg_path = path.with_extension("svg");
+                std::fs::write(&svg_path, svg)
+                    .with_context(|| format!("write {}", svg_path.display()))?;
+            }
             print!("{}", report.summary());
         }
         None => print!("{}", report.summary()),
