@@ -129,8 +129,9 @@ struct PairsArgs {
     /// Length of the data phase.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Receivers keep counting this long after senders stop.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// Receivers keep counting at most this long after senders stop (less once every packet
+    /// sent has arrived).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     drain: Duration,
     /// Budget for setting up all pairs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -15,7 +15,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -26,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::dial::DialOptions;
 use crate::disco::{DiscoKey, DiscoMessage, SharedBox};
@@ -55,7 +57,8 @@ pub struct PairsConfig {
     pub rate: Option<f64>,
     /// Length of the data phase.
     pub duration: Duration,
-    /// How long receivers keep counting after senders stop.
+    /// Longest time receivers keep counting after senders stop; the drain ends earlier once
+    /// every packet sent has arrived.
     pub drain: Duration,
     /// Budget for the whole setup phase (dial, handshake, hole punching of every pair).
     pub setup_timeout: Duration,
@@ -110,7 +113,7 @@ impl PairsConfig {
             size: 1_280,
             rate: Some(100.0),
             duration: Duration::from_secs(5),
-            drain: Duration::from_millis(500),
+            drain: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(30),
             connect_concurrency: 256,
             cross_relay: false,
@@ -146,8 +149,17 @@ struct ReadyPeer {
 /// windowed sender knows how many of its packets are still in flight.
 #[derive(Debug, Default)]
 struct Flow {
-    received: std::sync::atomic::AtomicU64,
+    /// Data packets the sender has written (or deliberately skipped), owned by the sender.
+    sent: AtomicU64,
+    /// Authentic data packets the receiver has counted, owned by the receiver.
+    received: AtomicU64,
     notify: tokio::sync::Notify,
+}
+
+impl Flow {
+    fn complete(&self) -> bool {
+        self.received.load(Ordering::Relaxed) >= self.sent.load(Ordering::Relaxed)
+    }
 }
 
 /// How long a windowed sender waits for deliveries before assuming the in-flight packets were
@@ -181,16 +193,16 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
 
     // Phase 1: setup.
     let ready = setup_all(cfg, stun_addr, &progress, &mut report).await;
-    report.peers.connected = progress
-        .connected
-        .load(std::sync::atomic::Ordering::Relaxed);
+    report.peers.connected = progress.connected.load(Ordering::Relaxed);
 
-    // Phase 2 and 3: data and drain, from a common start.
+    // Phase 2 and 3: data and drain, from a common start. Counters live outside the tasks,
+    // so a task aborted at the hard deadline still has its packets counted.
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + cfg.duration;
-    let stop = end + cfg.drain;
-    let hard = stop + Duration::from_secs(1);
+    let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut receivers = Vec::with_capacity(ready.len());
+    let mut flows = Vec::with_capacity(ready.len());
     for p in ready {
         report.paths.direct += u64::from(p.direct.is_some());
         report.paths.relayed += u64::from(p.direct.is_none());
@@ -199,12 +211,23 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
             e.peers += 1;
             e.direct += u64::from(p.direct.is_some());
         }
-        spawn_peer(&mut tasks, cfg, p, epoch, start, end, stop, &progress);
+        flows.push(Arc::clone(&p.tx_flow));
+        let rx = Arc::new(Mutex::new(Receiver::new(p.codec.clone())));
+        receivers.push(Arc::clone(&rx));
+        spawn_peer(&mut tasks, cfg, p, rx, epoch, start, end, &stop, &progress);
     }
-    let mut hist = Histogram::default();
+    // Drain: until every packet sent has arrived, or --drain after the end, whichever is first.
+    tokio::time::sleep_until(end).await;
+    let drain_limit = end + cfg.drain;
+    while Instant::now() < drain_limit && !flows.iter().all(|f| f.complete()) {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    stop.cancel();
+    let hard = Instant::now() + JOIN_GRACE;
     loop {
         match tokio::time::timeout_at(hard, tasks.join_next()).await {
-            Ok(Some(Ok(out))) => absorb(&mut report, &mut hist, out),
+            Ok(Some(Ok(Some((peer, stage, e))))) => report.push_error(peer, stage, e),
+            Ok(Some(Ok(None))) => {}
             Ok(Some(Err(e))) => report.push_error("task", "data", e),
             Ok(None) => break,
             Err(_) => {
@@ -213,11 +236,28 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
                 report.push_error(
                     format!("{left} tasks"),
                     "data",
-                    "still running at hard deadline; aborted",
+                    format!("still running {JOIN_GRACE:?} after the drain; aborted (counts kept)"),
                 );
                 break;
             }
         }
+    }
+    let mut hist = Histogram::default();
+    for f in &flows {
+        report.traffic.sent += f.sent.load(Ordering::Relaxed);
+    }
+    for rx in &receivers {
+        // A poisoned lock means a task panicked mid-update; its counts are still the best data.
+        let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = &mut report.traffic;
+        t.received += rx.tracker.unique;
+        t.reordered += rx.tracker.reordered;
+        t.duplicated += rx.tracker.duplicated;
+        t.corrupted += rx.corrupted;
+        t.foreign += rx.foreign;
+        t.handshakes += rx.handshakes;
+        t.bytes_received += rx.bytes;
+        hist.merge(&rx.latency_us);
     }
     if cfg.cross_relay && report.traffic.sent > 0 && report.traffic.received == 0 {
         report.push_error(
@@ -524,27 +564,24 @@ impl Signal for DerpSignal<'_> {
     }
 }
 
-/// What one peer's task hands back.
-enum PeerOutcome {
-    Sent {
-        sent: u64,
-        error: Option<(String, String)>,
-    },
-    Received {
-        rx: Box<Receiver>,
-        error: Option<(String, String)>,
-    },
-}
+/// What one peer's task hands back: its error, if any, as (peer, stage, message).
+type PeerOutcome = Option<(String, &'static str, String)>;
 
-#[allow(clippy::too_many_arguments)]
+/// How often the drain checks whether every flow is complete.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long tasks get to notice the stop before they are aborted.
+const JOIN_GRACE: Duration = Duration::from_secs(1);
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn spawn_peer(
     tasks: &mut JoinSet<PeerOutcome>,
     cfg: &PairsConfig,
     p: ReadyPeer,
+    rx: Arc<Mutex<Receiver>>,
     epoch: Instant,
     start: Instant,
     end: Instant,
-    stop: Instant,
+    stop: &CancellationToken,
     progress: &Arc<Progress>,
 ) {
     let (reader, writer) = p.client.split();
@@ -568,59 +605,28 @@ fn spawn_peer(
         window: cfg.window.filter(|_| cfg.rate.is_none()),
         flow: p.tx_flow,
     };
-    if sends {
-        tasks.spawn(sender.run(epoch, start, end));
-    } else {
-        // Keep the writer (and so the connection's write half) open until the run ends.
-        tasks.spawn(async move {
-            tokio::time::sleep_until(stop).await;
+    let stop_send = stop.clone();
+    tasks.spawn(async move {
+        if sends {
+            sender.run(epoch, start, end).await
+        } else {
+            // Keep the writer (and so the connection's write half) open until the run ends.
+            stop_send.cancelled().await;
             drop(sender);
-            PeerOutcome::Sent {
-                sent: 0,
-                error: None,
-            }
-        });
-    }
+            None
+        }
+    });
     let progress = Arc::clone(progress);
     let name = p.name;
     let partner = p.partner;
-    let codec = p.codec;
     let flow = p.rx_flow;
+    let stop = stop.clone();
     tasks.spawn(async move {
-        let mut rx = Box::new(Receiver::new(codec));
-        let error = recv_loop(
-            &mut rx, reader, udp_rx, partner, epoch, stop, &progress, &flow,
-        )
-        .await
-        .err()
-        .map(|e| (name, format!("{e:#}")));
-        PeerOutcome::Received { rx, error }
+        recv_loop(&rx, reader, udp_rx, partner, epoch, &stop, &progress, &flow)
+            .await
+            .err()
+            .map(|e| (name, "recv", format!("{e:#}")))
     });
-}
-
-fn absorb(report: &mut Report, hist: &mut Histogram, out: PeerOutcome) {
-    match out {
-        PeerOutcome::Sent { sent, error } => {
-            report.traffic.sent += sent;
-            if let Some((peer, e)) = error {
-                report.push_error(peer, "send", e);
-            }
-        }
-        PeerOutcome::Received { rx, error } => {
-            let t = &mut report.traffic;
-            t.received += rx.tracker.unique;
-            t.reordered += rx.tracker.reordered;
-            t.duplicated += rx.tracker.duplicated;
-            t.corrupted += rx.corrupted;
-            t.foreign += rx.foreign;
-            t.handshakes += rx.handshakes;
-            t.bytes_received += rx.bytes;
-            hist.merge(&rx.latency_us);
-            if let Some((peer, e)) = error {
-                report.push_error(peer, "recv", e);
-            }
-        }
-    }
 }
 
 /// The sending half of a peer in the data phase.
@@ -644,13 +650,10 @@ struct Sender {
 impl Sender {
     async fn run(mut self, epoch: Instant, start: Instant, end: Instant) -> PeerOutcome {
         tokio::time::sleep_until(start).await;
-        let mut sent = 0;
-        let error = self
-            .send_loop(epoch, start, end, &mut sent)
+        self.send_loop(epoch, start, end)
             .await
             .err()
-            .map(|e| (self.name.clone(), format!("{e:#}")));
-        PeerOutcome::Sent { sent, error }
+            .map(|e| (self.name.clone(), "send", format!("{e:#}")))
     }
 
     async fn send_loop(
@@ -658,7 +661,6 @@ impl Sender {
         epoch: Instant,
         start: Instant,
         end: Instant,
-        sent: &mut u64,
     ) -> anyhow::Result<()> {
         let mut buf = Vec::with_capacity(self.size);
         // WireGuard opens with a handshake: the initiator's 148-byte message, the responder's
@@ -697,7 +699,6 @@ impl Sender {
             };
             for _ in 0..n {
                 seq += 1;
-                *sent += 1;
                 let f = self.faults;
                 if f.drop_every.is_some_and(|k| seq.is_multiple_of(k)) {
                     continue;
@@ -713,8 +714,10 @@ impl Sender {
                     self.emit(&buf).await?;
                 }
             }
-            self.flush(end).await?;
+            // Counted before the flush: a packet handed to a failing connection is lost.
+            self.flow.sent.fetch_add(n, Ordering::Relaxed);
             Progress::add(&self.progress.sent, n);
+            self.flush(end).await?;
         }
     }
 
@@ -745,7 +748,6 @@ impl Sender {
 /// Waits until fewer than `window - batch` packets are in flight, or [`WINDOW_WAIT`] passes
 /// without a delivery (those packets were dropped; waiting longer would stall for good).
 async fn wait_for_window(flow: &Flow, seq: u64, window: u64, batch: u64) {
-    use std::sync::atomic::Ordering;
     loop {
         let in_flight = seq.saturating_sub(flow.received.load(Ordering::Relaxed));
         if in_flight + batch <= window {
@@ -834,19 +836,24 @@ impl Receiver {
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn recv_loop(
-    rx: &mut Receiver,
+    rx: &Mutex<Receiver>,
     mut reader: ClientReader,
     mut udp: Option<(mpsc::Receiver<nat::Datagram>, nat::NatGuard)>,
     partner: NodePublicKey,
     epoch: Instant,
-    stop: Instant,
+    stop: &CancellationToken,
     progress: &Progress,
     flow: &Flow,
 ) -> anyhow::Result<()> {
+    // The lock is only ever contended by the final tally, after this task has stopped.
+    let count = |packet: &[u8]| {
+        rx.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .on_packet(packet, nanos(epoch))
+    };
     let delivered = || {
         Progress::add(&progress.received, 1);
-        flow.received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        flow.received.fetch_add(1, Ordering::Relaxed);
         flow.notify.notify_one();
     };
     loop {
@@ -857,19 +864,21 @@ async fn recv_loop(
             }
         };
         tokio::select! {
-            () = tokio::time::sleep_until(stop) => return Ok(()),
+            () = stop.cancelled() => return Ok(()),
             m = reader.recv() => match m.context("DERP recv")? {
                 ServerToClient::RecvPacket { src, packet }
-                    if src == partner && rx.on_packet(&packet, nanos(epoch)) =>
+                    if src == partner && count(&packet) =>
                 {
                     delivered();
                 }
-                ServerToClient::RecvPacket { src, .. } if src != partner => rx.foreign += 1,
+                ServerToClient::RecvPacket { src, .. } if src != partner => {
+                    rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).foreign += 1;
+                }
                 _ => {}
             },
             d = udp_recv => match d {
                 Some((_, packet)) => {
-                    if rx.on_packet(&packet, nanos(epoch)) {
+                    if count(&packet) {
                         delivered();
                     }
                 }
