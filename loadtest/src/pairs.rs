@@ -231,13 +231,11 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
             Ok(Some(Err(e))) => report.push_error("task", "data", e),
             Ok(None) => break,
             Err(_) => {
-                let left = tasks.len();
+                // Slow to notice the stop (an overloaded machine), not failed: their counts live
+                // outside the tasks and are kept, so this is noted, not judged.
+                let left = tasks.len() as u64;
                 tasks.abort_all();
-                report.push_error(
-                    format!("{left} tasks"),
-                    "data",
-                    format!("still running {JOIN_GRACE:?} after the drain; aborted (counts kept)"),
-                );
+                report.extra.insert("aborted_tasks".into(), left.into());
                 break;
             }
         }
