@@ -20,6 +20,8 @@ pub mod dial;
 pub mod disco;
 pub mod idle;
 pub mod nat;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod pairs;
 pub mod payload;
 pub mod probe;

@@ -143,6 +143,9 @@ struct PairsArgs {
     /// STUN server for NAT discovery (default: one in-process on 127.0.0.1).
     #[arg(long)]
     stun: Option<SocketAddr>,
+    /// Real NATs from network namespaces and nftables (Linux, root; cone and symmetric).
+    #[arg(long)]
+    netns: bool,
     /// Hole-punching budget per pair.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     punch_timeout: Duration,
@@ -356,6 +359,7 @@ async fn pairs(a: PairsArgs, cross: bool) -> anyhow::Result<(Report, OutputArgs)
     c.one_way = a.one_way;
     c.nat_mix = a.nat_mix;
     c.stun = a.stun;
+    c.netns = a.netns;
     c.punch_timeout = a.punch_timeout;
     c.batch = a.batch;
     c.window = a.window;

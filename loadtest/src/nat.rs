@@ -148,6 +148,13 @@ pub struct NatSocket {
 #[derive(Debug)]
 pub struct NatGuard(#[allow(dead_code)] JoinSet<()>);
 
+impl NatGuard {
+    /// Takes ownership of the tasks behind a socket.
+    pub(crate) fn new(tasks: JoinSet<()>) -> Self {
+        Self(tasks)
+    }
+}
+
 /// Starts a NAT of `kind` whose external sockets bind to `public_ip`.
 pub async fn spawn(kind: NatKind, public_ip: IpAddr) -> anyhow::Result<NatSocket> {
     let (out_tx, out_rx) = mpsc::channel(NAT_QUEUE);
@@ -321,7 +328,11 @@ pub struct StunServer {
 impl StunServer {
     /// Binds on `ip` (port 0) and answers Tailscale binding requests until dropped.
     pub async fn spawn(ip: IpAddr) -> anyhow::Result<Self> {
-        let sock = UdpSocket::bind((ip, 0)).await.context("bind STUN")?;
+        Self::from_socket(UdpSocket::bind((ip, 0)).await.context("bind STUN")?)
+    }
+
+    /// Answers Tailscale binding requests on `sock` until dropped.
+    pub fn from_socket(sock: UdpSocket) -> anyhow::Result<Self> {
         let addr = sock.local_addr()?;
         let mut task = JoinSet::new();
         task.spawn(async move {

@@ -73,6 +73,9 @@ pub struct PairsConfig {
     pub nat_mix: Option<NatMix>,
     /// STUN server for mapped-address discovery; `None` starts one in-process.
     pub stun: Option<SocketAddr>,
+    /// Real NATs: network namespaces with nftables masquerade (Linux, root; `cone` and
+    /// `symmetric` only) instead of the userspace simulator.
+    pub netns: bool,
     /// How long hole punching may take per pair before falling back to the relay.
     pub punch_timeout: Duration,
     /// Packets per flush when sending at full speed.
@@ -120,6 +123,7 @@ impl PairsConfig {
             one_way: false,
             nat_mix: None,
             stun: None,
+            netns: false,
             punch_timeout: Duration::from_secs(3),
             batch: DEFAULT_BATCH,
             window: None,
@@ -184,15 +188,22 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
         .progress
         .then(|| crate::spawn_progress(Arc::clone(&progress), epoch));
 
+    // Real NATs, when asked for; dropped (namespaces deleted) when the run ends.
+    let lab = match (cfg.netns, &cfg.nat_mix) {
+        (true, Some(_)) => Some(Arc::new(tokio::sync::Mutex::new(new_lab().await?))),
+        (true, None) => bail!("--netns needs --nat-mix"),
+        _ => None,
+    };
     // An in-process STUN server when a NAT mix needs one and none was given.
-    let local_stun = match (&cfg.nat_mix, cfg.stun) {
-        (Some(_), None) => Some(StunServer::spawn([127, 0, 0, 1].into()).await?),
+    let local_stun = match (&cfg.nat_mix, cfg.stun, &lab) {
+        (Some(_), None, None) => Some(StunServer::spawn([127, 0, 0, 1].into()).await?),
+        (Some(_), None, Some(lab)) => Some(lab_stun(lab).await?),
         _ => None,
     };
     let stun_addr = cfg.stun.or(local_stun.as_ref().map(|s| s.addr));
 
     // Phase 1: setup.
-    let ready = setup_all(cfg, stun_addr, &progress, &mut report).await;
+    let ready = setup_all(cfg, stun_addr, lab.as_ref(), &progress, &mut report).await;
     report.peers.connected = progress.connected.load(Ordering::Relaxed);
 
     // Phase 2 and 3: data and drain, from a common start. Counters live outside the tasks,
@@ -275,9 +286,56 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Where a peer's NAT comes from: the userspace simulator, or real namespaces.
+type SharedLab = Arc<tokio::sync::Mutex<Lab>>;
+
+#[cfg(target_os = "linux")]
+use crate::netns::Lab;
+
+/// Stand-in so non-Linux builds compile; `--netns` fails there.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+pub struct Lab;
+
+#[cfg(target_os = "linux")]
+async fn new_lab() -> anyhow::Result<Lab> {
+    Lab::new().await.context("--netns (needs root, ip and nft)")
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn new_lab() -> anyhow::Result<Lab> {
+    bail!("--netns needs Linux")
+}
+
+#[cfg(target_os = "linux")]
+async fn lab_stun(lab: &SharedLab) -> anyhow::Result<StunServer> {
+    let sock = lab
+        .lock()
+        .await
+        .world_udp(crate::netns::stun_addr(3_478))
+        .await?;
+    StunServer::from_socket(sock)
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn lab_stun(_: &SharedLab) -> anyhow::Result<StunServer> {
+    bail!("--netns needs Linux")
+}
+
+async fn nat_for(lab: Option<&SharedLab>, kind: NatKind, i: u64) -> anyhow::Result<NatSocket> {
+    match lab {
+        #[cfg(target_os = "linux")]
+        Some(lab) => lab.lock().await.peer(i as u32, kind).await,
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => bail!("--netns needs Linux"),
+        None => nat::spawn(kind, nat::public_ip(i)).await,
+    }
+}
+
 async fn setup_all(
     cfg: &PairsConfig,
     stun: Option<SocketAddr>,
+    lab: Option<&SharedLab>,
     progress: &Arc<Progress>,
     report: &mut Report,
 ) -> Vec<ReadyPeer> {
@@ -289,10 +347,11 @@ async fn setup_all(
         let cfg = cfg.clone();
         let sem = Arc::clone(&sem);
         let progress = Arc::clone(progress);
+        let lab = lab.cloned();
         set.spawn(async move {
             // The semaphore is never closed, so acquire only fails if it were; then go anyway.
             let _permit = sem.acquire_owned().await.ok();
-            setup_pair(&cfg, pair, stun, &progress).await
+            setup_pair(&cfg, pair, stun, lab.as_ref(), &progress).await
         });
     }
     let mut ready = Vec::with_capacity(2 * cfg.pairs as usize);
@@ -330,6 +389,7 @@ async fn setup_pair(
     cfg: &PairsConfig,
     pair: u64,
     stun: Option<SocketAddr>,
+    lab: Option<&SharedLab>,
     progress: &Progress,
 ) -> Result<[ReadyPeer; 2], SetupErrors> {
     let names = [format!("pair {pair} a"), format!("pair {pair} b")];
@@ -369,8 +429,8 @@ async fn setup_pair(
     if let (Some(mix), Some(stun)) = (&cfg.nat_mix, stun) {
         let kinds = [mix.pick(2 * pair), mix.pick(2 * pair + 1)];
         let (na, nb) = tokio::join!(
-            nat::spawn(kinds[0], nat::public_ip(2 * pair)),
-            nat::spawn(kinds[1], nat::public_ip(2 * pair + 1)),
+            nat_for(lab, kinds[0], 2 * pair),
+            nat_for(lab, kinds[1], 2 * pair + 1),
         );
         let (mut na, mut nb) = match (na, nb) {
             (Ok(a), Ok(b)) => (a, b),
