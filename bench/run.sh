@@ -139,10 +139,14 @@ for s in $SCENARIOS; do
         # RSS is read once before and once after every connection is up.
         both "idle-$n-plain" plain idle --conns "$n" --hold 2s --server-pid @PID@ \
           --source-ips 127.0.1.1-127.0.1.8
+        both "idle-$n-tls" tls idle --conns "$n" --hold 2s --server-pid @PID@ \
+          --source-ips 127.0.1.1-127.0.1.8
       done
       ;;
     storm)
-      both storm plain storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
+      both storm-plain plain storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
+        --source-ips 127.0.2.1-127.0.2.8
+      both storm-tls tls storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
         --source-ips 127.0.2.1-127.0.2.8
       ;;
     *) log "unknown scenario $s"; exit 2 ;;
