@@ -23,6 +23,9 @@ pub struct DialOptions {
     /// Local addresses to bind, used round robin (spreads ephemeral ports; empty: the kernel's
     /// choice).
     pub source_ips: Vec<IpAddr>,
+    /// Per URL (same index), an address to dial instead of resolving the host (a DERP map's
+    /// `IPv4`/`IPv6`); missing entries resolve.
+    pub dial_addrs: Vec<Option<std::net::SocketAddr>>,
 }
 
 impl DialOptions {
@@ -34,7 +37,25 @@ impl DialOptions {
             verify: ServerVerify::WebPki,
             connect_timeout: Duration::from_secs(10),
             source_ips: Vec::new(),
+            dial_addrs: Vec::new(),
         }
+    }
+
+    /// Every DERP node of `map` (STUN-only nodes skipped), dialled at its literal address when
+    /// the map gives one. `plain` uses `http://` (loopback fleets without TLS).
+    pub fn from_derp_map(map: &crate::derpmap::DerpMap, plain: bool) -> anyhow::Result<Self> {
+        let nodes: Vec<_> = map
+            .nodes()
+            .into_iter()
+            .filter(|(_, n)| !n.stun_only)
+            .collect();
+        if nodes.is_empty() {
+            bail!("the DERP map has no DERP nodes");
+        }
+        let mut d = Self::new(String::new());
+        d.urls = nodes.iter().map(|(_, n)| n.derp_url(plain)).collect();
+        d.dial_addrs = nodes.iter().map(|(_, n)| n.dial_addr(plain)).collect();
+        Ok(d)
     }
 
     /// Connects connection number `i` to URL number `url_idx` (both taken modulo).
@@ -44,11 +65,10 @@ impl DialOptions {
         i: u64,
         url_idx: usize,
     ) -> anyhow::Result<Client> {
-        let url = self
-            .urls
-            .get(url_idx % self.urls.len().max(1))
-            .context("no relay URL")?;
+        let idx = url_idx % self.urls.len().max(1);
+        let url = self.urls.get(idx).context("no relay URL")?;
         let mut o = ConnectOptions::new(url.clone(), secret);
+        o.dial_addr = self.dial_addrs.get(idx).copied().flatten();
         o.transport = self.transport;
         o.verify = self.verify.clone();
         o.connect_timeout = self.connect_timeout;

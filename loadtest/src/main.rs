@@ -44,8 +44,18 @@ enum Command {
 #[derive(Debug, Args)]
 struct DialArgs {
     /// Relay URL, e.g. http://127.0.0.1:3340/derp (repeat or comma-separate for several).
-    #[arg(long = "url", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "url",
+        required_unless_present = "derp_map",
+        value_delimiter = ','
+    )]
     urls: Vec<String>,
+    /// Use every DERP node of this DERP map JSON instead of --url.
+    #[arg(long, conflicts_with = "urls")]
+    derp_map: Option<PathBuf>,
+    /// With --derp-map: dial http:// instead of TLS (loopback fleets).
+    #[arg(long, requires = "derp_map")]
+    plain: bool,
     /// `upgrade` (native clients) or `websocket` (browser clients).
     #[arg(long, default_value = "upgrade")]
     transport: String,
@@ -455,8 +465,18 @@ fn strip_args(args: Vec<String>) -> Vec<String> {
 }
 
 fn dial_options(a: &DialArgs) -> anyhow::Result<DialOptions> {
-    let mut d = DialOptions::new(a.urls.first().cloned().unwrap_or_default());
-    d.urls = a.urls.clone();
+    let mut d = match &a.derp_map {
+        Some(path) => {
+            let json = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            DialOptions::from_derp_map(&DerpMap::parse(&json)?, a.plain)?
+        }
+        None => {
+            let mut d = DialOptions::new(a.urls.first().cloned().unwrap_or_default());
+            d.urls = a.urls.clone();
+            d
+        }
+    };
     d.transport = match a.transport.as_str() {
         "upgrade" => Transport::Upgrade,
         "websocket" | "ws" => Transport::WebSocket,
