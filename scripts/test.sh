@@ -62,6 +62,24 @@ else
     skip "install Tailscale derper (pinned)" "go is not installed: Go interop tests cannot run"
 fi
 
+# Debian packages: nftables/iproute2/conntrack for loadtest's real-NAT (network namespace) test.
+# The STUN interop script installs its own (coturn, stun-client).
+install_debs() {
+    local missing=()
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
+    ((${#missing[@]} == 0)) && return 0
+    echo "installing ${missing[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/tmp/test-apt.log 2>&1 \
+        || { echo "apt-get failed, see /tmp/test-apt.log"; return 1; }
+}
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    step "install Debian packages (nftables, iproute2, conntrack)" install_debs
+else
+    skip "install Debian packages" "not root or no apt-get: the real-NAT loadtest test will skip"
+fi
+
 step "cargo build (derper, stunner, loadtest)" cargo build --locked -p derper -p stunner -p loadtest
 step "cargo test" cargo test --workspace --locked --no-fail-fast
 
