@@ -12,7 +12,7 @@ use crate::consts::{
 };
 use crate::error::HandshakeError;
 use crate::frame::{FrameType, RawFrame, write_frame_header};
-use crate::key::{MeshKey, NodePublicKey, NodeSecretKey};
+use crate::key::{MeshKey, NodePublicKey, NodeSecretKey, SharedBox};
 
 /// What a client tells the server about itself, sealed inside ClientInfo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,6 +192,8 @@ pub struct ClientHello {
     pub client_key: NodePublicKey,
     /// What it said about itself.
     pub info: ClientInfo,
+    /// The box shared with the client, reused to seal ServerInfo without a second X25519.
+    pub shared: SharedBox,
 }
 
 /// Server side: opens and checks the client's first frame (Go: `recvClientKey`).
@@ -214,11 +216,16 @@ pub fn read_client_info(
     }
     let client_key = NodePublicKey::from_slice(&frame.payload)
         .ok_or(HandshakeError::BadLength { ty: frame.ty, len })?;
-    let json = server
-        .open_from(&client_key, &frame.payload[KEY_LEN..])
+    let shared = server.shared_box(&client_key);
+    let json = shared
+        .open(&frame.payload[KEY_LEN..])
         .ok_or(HandshakeError::BoxOpen)?;
     let info = ClientInfo::from_json(&json)?;
-    Ok(ClientHello { client_key, info })
+    Ok(ClientHello {
+        client_key,
+        info,
+        shared,
+    })
 }
 
 /// Server side: writes the ServerInfo frame sealed to `client`.
@@ -230,6 +237,14 @@ pub fn write_server_info(
 ) {
     let json = serde_json::to_vec(info).unwrap_or_default();
     let sealed = server.seal_to(client, &json);
+    write_frame_header(buf, FrameType::SERVER_INFO, sealed.len());
+    buf.put_slice(&sealed);
+}
+
+/// Server side: writes the ServerInfo frame sealed with the box opened in [`read_client_info`].
+pub fn write_server_info_to(buf: &mut impl BufMut, hello: &ClientHello, info: &ServerInfo) {
+    let json = serde_json::to_vec(info).unwrap_or_default();
+    let sealed = hello.shared.seal(&json);
     write_frame_header(buf, FrameType::SERVER_INFO, sealed.len());
     buf.put_slice(&sealed);
 }

@@ -168,10 +168,17 @@ impl NodeSecretKey {
         format!("{PRIVATE_PREFIX}{}", hex::encode(self.raw))
     }
 
+    /// Precomputes the box shared with `peer`: one X25519 for any number of seals and opens.
+    pub fn shared_box(&self, peer: &NodePublicKey) -> SharedBox {
+        SharedBox(std::sync::Arc::new(SalsaBox::new(
+            &crypto_box::PublicKey::from(peer.0),
+            &self.secret,
+        )))
+    }
+
     /// Seals `plaintext` to `peer` as `nonce ‖ tag ‖ ciphertext` with a fresh random nonce.
     pub fn seal_to(&self, peer: &NodePublicKey, plaintext: &[u8]) -> Vec<u8> {
-        let nonce = SalsaBox::generate_nonce(&mut OsRng);
-        self.seal_to_with_nonce(peer, nonce.into(), plaintext)
+        self.shared_box(peer).seal(plaintext)
     }
 
     /// Seals with a caller-chosen nonce. Reusing a nonce with the same key pair breaks the box:
@@ -196,12 +203,41 @@ impl NodeSecretKey {
 
     /// Opens `nonce ‖ tag ‖ ciphertext` sealed by `peer` to this key.
     pub fn open_from(&self, peer: &NodePublicKey, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.shared_box(peer).open(sealed)
+    }
+}
+
+/// A NaCl box precomputed between two node keys (see [`NodeSecretKey::shared_box`]).
+#[derive(Clone)]
+pub struct SharedBox(std::sync::Arc<SalsaBox>);
+
+impl SharedBox {
+    /// Seals as `nonce ‖ tag ‖ ciphertext` with a fresh random nonce.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let nonce = SalsaBox::generate_nonce(&mut OsRng);
+        let mut out = Vec::with_capacity(NONCE_LEN + BOX_OVERHEAD + plaintext.len());
+        out.extend_from_slice(&nonce);
+        // Encryption with XSalsa20-Poly1305 cannot fail for in-memory input; an empty result
+        // would simply not open on the other side.
+        if let Ok(ct) = self.0.encrypt(&nonce, plaintext) {
+            out.extend_from_slice(&ct);
+        }
+        out
+    }
+
+    /// Opens `nonce ‖ tag ‖ ciphertext`.
+    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_LEN + BOX_OVERHEAD {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let sbox = SalsaBox::new(&crypto_box::PublicKey::from(peer.0), &self.secret);
-        sbox.decrypt(Nonce::from_slice(nonce), ct).ok()
+        self.0.decrypt(Nonce::from_slice(nonce), ct).ok()
+    }
+}
+
+impl fmt::Debug for SharedBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedBox(..)")
     }
 }
 

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use derp_proto::io::{Stream, WsStream};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as WsRequest, Response as WsResponse,
 };
@@ -120,18 +120,10 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
         } => {
             let mut head = head;
             let rest = head.split_off(head_len);
-            if !fast_start {
-                let resp = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {}\r\nDerp-Public-Key: {}\r\n\r\n",
-                    derp_proto::consts::PROTOCOL_VERSION,
-                    ctx.relay.public_key().to_hex()
-                );
-                if io.write_all(resp.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
             let mut meta = ConnMeta::new(remote, TransportKind::Upgrade);
             meta.not_ideal = not_ideal;
+            // With fast start no HTTP response at all is written.
+            meta.send_upgrade_response = !fast_start;
             if let Err(e) = ctx.relay.accept(io, rest, meta).await {
                 tracing::info!(%remote, error = %e, "derp connection failed");
             }

@@ -96,6 +96,9 @@ pub struct ConnMeta {
     pub transport: TransportKind,
     /// The request carried `Ideal-Node`: the client would rather be on another node.
     pub not_ideal: bool,
+    /// Write the `101 Switching Protocols` response first, in the same write as ServerKey
+    /// (false for fast start, WebSocket, and transports that answered HTTP themselves).
+    pub send_upgrade_response: bool,
 }
 
 impl ConnMeta {
@@ -105,6 +108,7 @@ impl ConnMeta {
             remote,
             transport,
             not_ideal: false,
+            send_upgrade_response: false,
         }
     }
 }
@@ -135,6 +139,8 @@ pub enum AcceptError {
 
 pub(crate) struct Inner {
     pub(crate) secret: NodeSecretKey,
+    /// The `101 Switching Protocols` response; constant because it names the server key.
+    upgrade_response: bytes::Bytes,
     pub(crate) public_key: NodePublicKey,
     pub(crate) config: RelayConfig,
     pub(crate) registry: Registry,
@@ -168,6 +174,11 @@ impl Relay {
         };
         Self {
             inner: Arc::new(Inner {
+                upgrade_response: bytes::Bytes::from(format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {}\r\nDerp-Public-Key: {}\r\n\r\n",
+                    derp_proto::consts::PROTOCOL_VERSION,
+                    config.secret.public_key().to_hex()
+                )),
                 public_key: config.secret.public_key(),
                 secret: config.secret.clone(),
                 registry: Registry::new(limits, metrics.clone()),
@@ -225,6 +236,9 @@ impl Relay {
         let mut writer = FramedWrite::new(w);
 
         let hello = match tokio::time::timeout(inner.config.handshake_timeout, async {
+            if meta.send_upgrade_response {
+                writer.buffer().extend_from_slice(&inner.upgrade_response);
+            }
             handshake::write_server_key(writer.buffer(), &inner.public_key);
             writer.flush().await?;
             let frame = reader.read_frame().await?;
@@ -308,12 +322,7 @@ impl Relay {
         );
 
         // ServerInfo goes out before the writer starts, so it is always the second frame.
-        handshake::write_server_info(
-            writer.buffer(),
-            &inner.secret,
-            &hello.client_key,
-            &ServerInfo::new(),
-        );
+        handshake::write_server_info_to(writer.buffer(), &hello, &ServerInfo::new());
         let write_timeout = if is_mesh {
             Some(inner.config.mesh_write_timeout)
         } else {
