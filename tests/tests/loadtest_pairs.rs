@@ -266,3 +266,64 @@ async fn pairs_against_tailscale_derper() {
     assert!(r.verdict.pass, "{}", r.summary());
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_upgrade_is_a_per_peer_handshake_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/derp", l.local_addr().unwrap());
+    let _server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4_096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\n\
+                          Connection: Upgrade\r\n\r\n\x01\x00\x00\x00\x28garbage-garbage-garbage",
+                    )
+                    .await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let mut c = small(&url, 2);
+    c.dial.connect_timeout = Duration::from_secs(2);
+    let r = run(&c).await;
+    assert_eq!(r.peers.connected, 0, "{}", r.summary());
+    assert_eq!(r.errors_total, 4, "{}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_closing_mid_run_is_reported_and_the_run_ends_on_time() {
+    let server = our_relay().await;
+    let mut c = small(&server.derp_url(), 2);
+    c.duration = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { run_pairs(&c).await });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.shutdown().await;
+    let r = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("run outlived its deadlines")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.peers.connected, 4);
+    assert!(r.errors_total >= 1, "{}", r.summary());
+    assert!(
+        r.errors
+            .iter()
+            .all(|e| e.stage == "recv" || e.stage == "send"),
+        "{:?}",
+        r.errors
+    );
+    assert!(
+        r.traffic.received > 0,
+        "packets before the close still count"
+    );
+}
