@@ -275,14 +275,15 @@ impl Nat {
 }
 
 /// The loopback "public" address for NAT number `i`: 127.64.0.0/10 leaves 127.0.0.0/16 to
-/// servers and worker source addresses.
+/// servers and worker source addresses. Every address in 127.0.0.0/8 is a host address, so
+/// none needs skipping.
 pub fn public_ip(i: u64) -> IpAddr {
     let i = i % (1 << 22);
     IpAddr::V4(Ipv4Addr::new(
         127,
         64 + (i >> 16) as u8,
         (i >> 8) as u8,
-        i as u8 | u8::from(i & 0xff == 0),
+        i as u8,
     ))
 }
 
