@@ -146,7 +146,7 @@ struct PairsArgs {
     /// Budget for setting up all pairs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     setup_timeout: Duration,
-    /// Simulated NATs, e.g. `cone=70,symmetric=30` (kinds: none, cone, restricted,
+    /// Simulated NATs, e.g. `cone=70,symmetric=30` (kinds: none, full-cone, restricted, cone =
     /// port-restricted, symmetric). Without it, all data is relayed and no STUN/disco is done.
     #[arg(long)]
     nat_mix: Option<NatMix>,
