@@ -77,7 +77,8 @@ start_server() {
   return 1
 }
 
-PORT=35000
+# A random base, so two runs at once (other sessions on this box) do not fight over ports.
+PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
 # run_case NAME go|ours plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
 run_case() {
   local name=$1 which=$2 mode=$3
@@ -99,7 +100,7 @@ run_case() {
 both() {
   local name=$1
   shift
-  if [ $((PORT % 2)) -eq 0 ]; then
+  if [ $(((PORT - ${BENCH_PORT_BASE:-0}) % 2)) -eq 0 ]; then
     run_case "$name" go "$@"; run_case "$name" ours "$@"
   else
     run_case "$name" ours "$@"; run_case "$name" go "$@"
