@@ -96,11 +96,13 @@ run_case() {
   stop_server
 }
 
+BOTH=0
 # Both servers, alternating which goes first so neither always gets the cooler machine.
 both() {
   local name=$1
   shift
-  if [ $(((PORT - ${BENCH_PORT_BASE:-0}) % 2)) -eq 0 ]; then
+  BOTH=$((BOTH + 1))
+  if [ $((BOTH % 2)) -eq 1 ]; then
     run_case "$name" go "$@"; run_case "$name" ours "$@"
   else
     run_case "$name" ours "$@"; run_case "$name" go "$@"
