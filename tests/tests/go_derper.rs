@@ -34,17 +34,7 @@ async fn relay_and_peer_gone(url: &str, verify: ServerVerify) {
 
     let b_key = b.public_key();
     drop(b);
-    let gone = common::recv_until(&mut a, Duration::from_secs(5), |f| {
-        matches!(f, ServerToClient::PeerGone { .. })
-    })
-    .await;
-    assert_eq!(
-        gone,
-        Some(ServerToClient::PeerGone {
-            peer: b_key,
-            reason: PeerGoneReason::DISCONNECTED
-        })
-    );
+    common::expect_peer_gone(&mut a, b_key, PeerGoneReason::DISCONNECTED).await;
 }
 
 #[tokio::test]

@@ -58,17 +58,7 @@ async fn watcher_sees_presence_and_can_forward() {
     .await;
     assert!(matches!(present, Some(ServerToClient::PeerPresent { peer, .. }) if peer == b_key));
     drop(b);
-    let gone = common::recv_until(&mut watcher, Duration::from_secs(5), |f| {
-        matches!(f, ServerToClient::PeerGone { .. })
-    })
-    .await;
-    assert_eq!(
-        gone,
-        Some(ServerToClient::PeerGone {
-            peer: b_key,
-            reason: PeerGoneReason::DISCONNECTED
-        })
-    );
+    common::expect_peer_gone(&mut watcher, b_key, PeerGoneReason::DISCONNECTED).await;
 
     // ForwardPacket: a receives it with the original source key.
     let remote_src = NodeSecretKey::generate().public_key();

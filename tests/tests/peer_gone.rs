@@ -23,17 +23,7 @@ async fn receiver_hears_when_sender_disconnects() {
     assert_eq!(common::recv_packet(&mut a).await.1, b"hello");
     let b_key = b.public_key();
     drop(b);
-    let gone = common::recv_until(&mut a, Duration::from_secs(5), |f| {
-        matches!(f, ServerToClient::PeerGone { .. })
-    })
-    .await;
-    assert_eq!(
-        gone,
-        Some(ServerToClient::PeerGone {
-            peer: b_key,
-            reason: PeerGoneReason::DISCONNECTED
-        })
-    );
+    common::expect_peer_gone(&mut a, b_key, PeerGoneReason::DISCONNECTED).await;
 }
 
 #[tokio::test]

@@ -81,6 +81,19 @@ pub async fn recv_until(
     }
 }
 
+/// Waits for the next PeerGone and asserts it names `peer` with `reason`.
+pub async fn expect_peer_gone(
+    c: &mut Client,
+    peer: NodePublicKey,
+    reason: derp_proto::frame::PeerGoneReason,
+) {
+    let gone = recv_until(c, Duration::from_secs(5), |f| {
+        matches!(f, ServerToClient::PeerGone { .. })
+    })
+    .await;
+    assert_eq!(gone, Some(ServerToClient::PeerGone { peer, reason }));
+}
+
 /// Tailscale's derper binary, from `TAILSCALE_DERPER` or `.tools/bin/derper` (installed by
 /// `scripts/install-go-tools.sh`). `None` prints why; under `CI=true` absence is a failure.
 pub fn tailscale_derper() -> Option<PathBuf> {
