@@ -201,3 +201,29 @@ async fn http_endpoints_answer() {
     let r = get(addr, "GARBAGE\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
 }
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_reconnect() {
+    let server = common::plain_server().await;
+    let mut a = common::connect(&server.derp_url()).await;
+    let shutdown = tokio::spawn(server.shutdown());
+    let f = common::recv_until(&mut a, Duration::from_secs(5), |f| {
+        matches!(f, ServerToClient::Restarting { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            f,
+            Some(ServerToClient::Restarting {
+                reconnect_in_ms: 5000,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    assert!(a.recv().await.is_err(), "connection closed after shutdown");
+}
