@@ -102,7 +102,10 @@ impl ClientInfo {
         };
         let mesh_key = match field(&obj, "meshKey") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.parse().map_err(|_| HandshakeError::BadMeshKey)?),
+            // Exactly 64 hex digits, as Go ≥ v1.86 requires (no surrounding whitespace).
+            Some(Value::String(s)) if s.trim() == s => {
+                Some(s.parse().map_err(|_| HandshakeError::BadMeshKey)?)
+            }
             Some(_) => return Err(HandshakeError::BadMeshKey),
         };
         let version = match field(&obj, "version") {
@@ -374,6 +377,11 @@ mod tests {
         assert!(info.can_ack_pings && info.is_prober);
         assert!(matches!(
             ClientInfo::from_json(br#"{"meshKey":""}"#),
+            Err(HandshakeError::BadMeshKey)
+        ));
+        let padded = format!(r#"{{"meshKey":" {} "}}"#, "ab".repeat(32));
+        assert!(matches!(
+            ClientInfo::from_json(padded.as_bytes()),
             Err(HandshakeError::BadMeshKey)
         ));
         assert!(ClientInfo::from_json(b"[]").is_err());

@@ -76,8 +76,10 @@ impl FrameDecoder {
         }
     }
 
-    /// How many more bytes are needed before the next call can make progress, so the caller
-    /// can reserve exactly that much (and no more than one frame) in its read buffer.
+    /// How many more bytes the frame in progress needs, so the caller can reserve that much
+    /// (never more than one frame) in its read buffer. 0 while an oversized unknown frame is
+    /// being discarded or when the header is already known to be invalid: reserve the usual
+    /// read size then.
     pub fn needed(&self, buf: &BytesMut) -> usize {
         if self.skip_remaining > 0 {
             return 0;

@@ -83,7 +83,8 @@ pub enum ClientToServer {
     Unknown {
         /// Frame type.
         ty: FrameType,
-        /// Payload length skipped.
+        /// Payload length decoded (0 for a frame the decoder discarded without buffering;
+        /// [`RawFrame::len`](super::RawFrame::len) has the announced length).
         len: usize,
     },
 }

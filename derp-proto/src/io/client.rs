@@ -444,17 +444,24 @@ impl std::fmt::Debug for ClientWriter {
 }
 
 impl ClientReader {
-    /// Receives the next frame from the server. A stray ServerKey (after fast start) and
-    /// unknown frame types are returned as such; callers usually ignore them.
+    /// Receives the next frame from the server.
+    ///
+    /// Like Tailscale's client, frames that are too short for their type or that only a client
+    /// sends are dropped and reading goes on; a stray ServerKey (after fast start) and unknown
+    /// frame types are returned as such, and callers usually ignore them.
     pub async fn recv(&mut self) -> Result<ServerToClient, ClientError> {
-        let frame = self.inner.read_frame().await?;
-        if frame.ty == FrameType::SERVER_INFO {
-            return Ok(ServerToClient::Unknown {
-                ty: frame.ty,
-                len: frame.len,
-            });
+        loop {
+            let frame = self.inner.read_frame().await?;
+            if frame.ty == FrameType::SERVER_INFO {
+                return Ok(ServerToClient::Unknown {
+                    ty: frame.ty,
+                    len: frame.len,
+                });
+            }
+            if let Ok(msg) = ServerToClient::decode(frame.ty, frame.payload) {
+                return Ok(msg);
+            }
         }
-        Ok(ServerToClient::decode(frame.ty, frame.payload)?)
     }
 }
 
