@@ -474,6 +474,64 @@ mod tests {
         assert!(!r.add_peer_gone_watcher(&a.key, &extra));
     }
 
+    /// Counts allocations per thread, so parallel tests do not disturb each other.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: delegates to the system allocator; the counter is a thread-local Cell.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    #[test]
+    fn route_lookup_and_enqueue_allocate_nothing() {
+        let r = registry();
+        for k in 0..100u8 {
+            r.register(&conn(u64::from(k), k)).unwrap();
+        }
+        let keys: Vec<NodePublicKey> = (0..200u8)
+            .map(|k| NodePublicKey::from_bytes([k; 32]))
+            .collect();
+        let before = ALLOCS.with(std::cell::Cell::get);
+        let mut local = 0;
+        for k in &keys {
+            if let Route::Local(c) = r.route(k) {
+                local += 1;
+                // Queueing and dequeueing a packet costs nothing either.
+                c.enqueue_packet(
+                    crate::server::queue::Packet {
+                        src: *k,
+                        data: bytes::Bytes::from_static(b"wireguard"),
+                        enqueued_at: std::time::Instant::now(),
+                    },
+                    &r.metrics,
+                );
+                assert!(c.pop_data().is_some());
+            }
+        }
+        assert_eq!(local, 100);
+        assert_eq!(
+            ALLOCS.with(std::cell::Cell::get) - before,
+            0,
+            "allocations in route() and enqueue"
+        );
+    }
+
     #[test]
     fn watchers_get_present_flood_and_updates() {
         let r = registry();
