@@ -21,6 +21,7 @@ pub mod defaults;
 pub mod http;
 pub mod keyfile;
 mod listener;
+mod log_limit;
 pub mod metrics;
 pub mod server;
 pub mod tls;

@@ -26,6 +26,7 @@ pub use routes::HomePage;
 use routes::Listener;
 
 use crate::defaults;
+use crate::log_limit::BAD_CONNECTIONS;
 use crate::metrics::HandshakeFailure;
 use crate::server::{ConnMeta, Relay, TransportKind};
 
@@ -124,8 +125,10 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
             meta.not_ideal = not_ideal;
             // With fast start no HTTP response at all is written.
             meta.send_upgrade_response = !fast_start;
-            if let Err(e) = ctx.relay.accept(io, rest, meta).await {
-                tracing::info!(%remote, error = %e, "derp connection failed");
+            if let Err(e) = ctx.relay.accept(io, rest, meta).await
+                && let Some(suppressed) = BAD_CONNECTIONS.allow()
+            {
+                tracing::info!(%remote, error = %e, suppressed, "derp connection failed");
             }
         }
         FirstRequest::WebSocket => {
@@ -152,7 +155,9 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 Ok(ws) => ws,
                 Err(e) => {
                     metrics.handshake_failed(HandshakeFailure::Http);
-                    tracing::info!(%remote, error = %e, "websocket handshake failed");
+                    if let Some(suppressed) = BAD_CONNECTIONS.allow() {
+                        tracing::info!(%remote, error = %e, suppressed, "websocket handshake failed");
+                    }
                     return;
                 }
             };
@@ -161,8 +166,9 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 .relay
                 .accept(WsStream::new(ws), BytesMut::new(), meta)
                 .await
+                && let Some(suppressed) = BAD_CONNECTIONS.allow()
             {
-                tracing::info!(%remote, error = %e, "derp websocket connection failed");
+                tracing::info!(%remote, error = %e, suppressed, "derp websocket connection failed");
             }
         }
         FirstRequest::Other => {

@@ -396,6 +396,10 @@ fn log_conn_end(e: &client::ConnError) {
         {
             tracing::debug!("client reset the connection")
         }
-        other => tracing::info!(error = %other, "closing client connection"),
+        other => {
+            if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
+                tracing::info!(error = %other, suppressed, "closing client connection");
+            }
+        }
     }
 }
