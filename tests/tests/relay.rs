@@ -227,3 +227,48 @@ async fn shutdown_tells_clients_to_reconnect() {
         .unwrap();
     assert!(a.recv().await.is_err(), "connection closed after shutdown");
 }
+
+#[tokio::test]
+async fn port80_companion_answers_captive_checks_and_redirects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = derper::ServerConfig::plain("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(derper::tls::TlsOptions {
+        cert_mode: derper::tls::CertMode::Manual,
+        cert_dir: dir.path().join("certs"),
+        hostname: "127.0.0.1".into(),
+    });
+    config.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    let server = derper::Server::spawn(config).await.unwrap();
+    let http = server.http_addr().expect("port-80 listener");
+    async fn get(addr: std::net::SocketAddr, req: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let r = get(http, "GET /generate_204 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tailscale-Challenge: ts_127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-tailscale-response: response ts_127.0.0.1"),
+        "{r}"
+    );
+    let r = get(
+        http,
+        "GET /derp/probe HTTP/1.1\r\nHost: derp.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 302"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("location: https://derp.example/derp/probe"),
+        "{r}"
+    );
+    let r = get(
+        http,
+        "POST /x HTTP/1.1\r\nHost: derp.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+}
