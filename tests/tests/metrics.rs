@@ -45,6 +45,12 @@ async fn counters_move() {
     }
     let nobody = derp_proto::NodeSecretKey::generate().public_key();
     a.send_packet(&nobody, b"x").await.unwrap();
+    a.send(&derp_proto::ClientToServer::NotePreferred(true))
+        .await
+        .unwrap();
+    b.send(&derp_proto::ClientToServer::NotePreferred(false))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let text = scrape(metrics_addr).await;
@@ -66,8 +72,10 @@ async fn counters_move() {
         "{text}"
     );
     assert!(text.contains("# HELP derp_packets_dropped_total"), "{text}");
+    assert_eq!(value(&text, "derp_current_home_connections"), 1.0, "{text}");
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let text = scrape(metrics_addr).await;
     assert_eq!(value(&text, "derp_current_connections"), 1.0, "{text}");
+    assert_eq!(value(&text, "derp_current_home_connections"), 0.0, "{text}");
 }
