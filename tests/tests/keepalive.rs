@@ -1,0 +1,47 @@
+//! A silent connection still hears from the server: KeepAlive arrives on the configured period
+//! (plus per-connection jitter under 5 s), so clients never hit their 120 s read timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use derp_proto::handshake::{self, ClientInfo};
+use derp_proto::io::FramedRead;
+use derp_proto::{FrameDecoder, FrameType, NodeSecretKey};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn idle_client_gets_keepalives() {
+    let mut config = derper::RelayConfig::new(NodeSecretKey::generate());
+    config.keepalive = Duration::from_millis(100);
+    let relay = derper::Relay::new(config, Arc::new(derper::metrics::Metrics::new()));
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let meta = derper::server::ConnMeta::new(
+        "127.0.0.1:1".parse().unwrap(),
+        derper::server::TransportKind::Upgrade,
+    );
+    tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.accept(server_io, BytesMut::new(), meta).await }
+    });
+
+    let (r, mut w) = tokio::io::split(client_io);
+    let mut reader = FramedRead::new(r, FrameDecoder::client(), BytesMut::new());
+    let server_key = handshake::read_server_key(&reader.read_frame().await.unwrap()).unwrap();
+    let me = NodeSecretKey::generate();
+    let mut out = BytesMut::new();
+    handshake::write_client_info(&mut out, &me, &server_key, &ClientInfo::new());
+    w.write_all(&out).await.unwrap();
+    let info = reader.read_frame().await.unwrap();
+    assert_eq!(info.ty, FrameType::SERVER_INFO);
+
+    // Two keepalives within period + maximum jitter, twice over.
+    for _ in 0..2 {
+        let f = tokio::time::timeout(Duration::from_secs(7), reader.read_frame())
+            .await
+            .expect("a keepalive within period + jitter")
+            .unwrap();
+        assert_eq!(f.ty, FrameType::KEEP_ALIVE);
+        assert!(f.payload.is_empty());
+    }
+}
