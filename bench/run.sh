@@ -4,6 +4,10 @@
 # machine is shared and noisy, so only ratios from one run mean anything (design.md §7).
 #
 # Usage: bench/run.sh [scenario...]     scenarios: tput tls latency idle storm (default: all)
+#   tput also measures the physical ceiling (design.md §7): a bare TCP forwarder on this box
+#   (loadtest/examples/tcp_forwarder.rs, Rust/tokio, no DERP logic) with the same PAIRS, at
+#   100 B, 1 300 B and 64 KiB writes. Every case records the server's CPU time (utime + stime
+#   from /proc/<pid>/stat, before and after the loadtest) for "server CPU s/GB" rows.
 # Environment:
 #   PAIRS=8 DURATION=5s WINDOW=64 throughput and latency workload (WINDOW: packets in flight
 #                                 per sender in the closed-loop peak runs)
@@ -38,7 +42,10 @@ if ! { [ -x "$GO_DERPER" ] && "$GO_DERPER" -version 2>&1 | grep -q "^${PIN#v}"; 
   GO_DERPER=$REPO/.tools/bin/derper
 fi
 log "building our derper and loadtest (release)"
-(cd "$REPO" && cargo build --release -q -p derper -p loadtest)
+(cd "$REPO" && cargo build --release -q -p derper -p loadtest \
+  && cargo build --release -q -p loadtest --example tcp_forwarder)
+FWD=$REPO/target/release/examples/tcp_forwarder
+CLK_TCK=$(getconf CLK_TCK)
 OURS=$REPO/target/release/derper
 LT=$REPO/target/release/loadtest
 GO_VERSION=$("$GO_DERPER" -version 2>&1 | head -1)
@@ -77,6 +84,11 @@ start_server() {
   return 1
 }
 
+# cpu_ticks PID: utime + stime of the whole process (all threads), in clock ticks.
+cpu_ticks() {
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
+}
+
 # A random base, so two runs at once (other sessions on this box) do not fight over ports.
 PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
 # run_case NAME go|ours plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
@@ -91,8 +103,34 @@ run_case() {
   # @PID@ stands for the server's pid (idle memory).
   args=("${args[@]//@PID@/$PID}")
   log "$name / $which: loadtest ${args[*]} --url $URL"
+  local cpu0
+  cpu0=$(cpu_ticks "$PID")
   timeout 600 "$LT" "${args[@]}" --url "$URL" "${extra[@]}" --max-errors 1000000000 \
     --json "$OUT/$name.$which.json" >"$OUT/$name.$which.txt" 2>&1 || log "$name/$which exited $?"
+  # Server CPU during the case: "ticks_before ticks_after CLK_TCK".
+  echo "$cpu0 $(cpu_ticks "$PID") $CLK_TCK" >"$OUT/$name.$which.cpu"
+  stop_server
+}
+
+# run_ceiling SIZE: bare TCP forwarder, PAIRS pairs, SIZE-byte writes, open loop, for DURATION;
+# report to $OUT/ceiling-SIZE.fwd.json, forwarder CPU to $OUT/ceiling-SIZE.fwd.cpu.
+run_ceiling() {
+  local size=$1 secs
+  secs=$(python3 -c "import re; d='$DURATION'; m=re.fullmatch(r'([0-9.]+)(ms|s|m)?', d); \
+v=float(m[1]); print(v/1000 if m[2]=='ms' else v*60 if m[2]=='m' else v)")
+  PORT=$((PORT + 1))
+  "$FWD" serve "127.0.0.1:$PORT" >"$WORK/fwd-$PORT.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  log "ceiling-$size: tcp_forwarder drive, $PAIRS pairs, $size-byte writes, ${secs}s"
+  local cpu0
+  cpu0=$(cpu_ticks "$PID")
+  timeout 120 "$FWD" drive "127.0.0.1:$PORT" "$PAIRS" "$size" "$secs" "$OUT/ceiling-$size.fwd.json" \
+    >"$OUT/ceiling-$size.fwd.txt" 2>&1 || log "ceiling-$size exited $?"
+  echo "$cpu0 $(cpu_ticks "$PID") $CLK_TCK" >"$OUT/ceiling-$size.fwd.cpu"
   stop_server
 }
 
@@ -112,6 +150,8 @@ both() {
 for s in $SCENARIOS; do
   case $s in
     tput)
+      # Physical ceiling first: the same PAIRS through a bare TCP forwarder.
+      for size in 100 1300 65536; do run_ceiling "$size"; done
       # Peak: closed loop, at most $WINDOW packets in flight per sender, so the relay is busy
       # but not drowning. Overload: open loop, senders write as fast as they can.
       both tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
@@ -157,6 +197,6 @@ for s in $SCENARIOS; do
 done
 
 python3 "$REPO/bench/table.py" "$OUT" "$GO_VERSION" "$OUR_COMMIT" \
-  "PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW bench/run.sh $SCENARIOS" | tee "$OUT/summary.md"
+  "PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW IDLE_CONNS=\"$IDLE_CONNS\" bench/run.sh $SCENARIOS" | tee "$OUT/summary.md"
 cp "$OUT/summary.md" "$REPO/bench/results/latest.md"
 log "results in $OUT"
