@@ -56,7 +56,13 @@ async fn serve(addr: String) -> anyhow::Result<()> {
     }
 }
 
-async fn drive(addr: String, pairs: u32, size: usize, secs: f64, json: String) -> anyhow::Result<()> {
+async fn drive(
+    addr: String,
+    pairs: u32,
+    size: usize,
+    secs: f64,
+    json: String,
+) -> anyhow::Result<()> {
     let received = Arc::new(AtomicU64::new(0));
     for pair in 0..pairs {
         for side in 0..2u32 {
@@ -115,10 +121,22 @@ async fn drive(addr: String, pairs: u32, size: usize, secs: f64, json: String) -
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", addr] => serve((*addr).to_owned()).await,
         ["drive", addr, pairs, size, secs, json] => {
-            drive((*addr).to_owned(), pairs.parse()?, size.parse()?, secs.parse()?, (*json).to_owned()).await
+            drive(
+                (*addr).to_owned(),
+                pairs.parse()?,
+                size.parse()?,
+                secs.parse()?,
+                (*json).to_owned(),
+            )
+            .await
         }
         _ => anyhow::bail!(
             "usage: tcp_forwarder serve ADDR | drive ADDR PAIRS SIZE DURATION_SECS JSON_FILE"
