@@ -166,13 +166,6 @@ async fn ping_gets_pong_and_unknown_frames_are_skipped() {
 async fn http_endpoints_answer() {
     let server = common::plain_server().await;
     let addr = server.local_addr();
-    async fn get(addr: std::net::SocketAddr, req: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
     let r = get(addr, "GET /generate_204 HTTP/1.1\r\nHost: x\r\nX-Tailscale-Challenge: ts_127.0.0.1\r\nConnection: close\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 204"), "{r}");
     assert!(
@@ -240,13 +233,6 @@ async fn port80_companion_answers_captive_checks_and_redirects() {
     config.http_addr = Some("127.0.0.1:0".parse().unwrap());
     let server = derper::Server::spawn(config).await.unwrap();
     let http = server.http_addr().expect("port-80 listener");
-    async fn get(addr: std::net::SocketAddr, req: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
     let r = get(http, "GET /generate_204 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tailscale-Challenge: ts_127.0.0.1\r\nConnection: close\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 204"), "{r}");
     assert!(
@@ -271,4 +257,13 @@ async fn port80_companion_answers_captive_checks_and_redirects() {
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+}
+
+/// Sends a raw HTTP request and returns the whole response (the request asks to close).
+async fn get(addr: std::net::SocketAddr, req: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -86,33 +86,25 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             }
             let msg = ClientToServer::decode(frame.ty, frame.payload)?;
             match msg {
-                ClientToServer::SendPacket { dst, packet } => {
-                    let kind = PacketKind::of(&packet);
-                    metrics.received_packet(kind, packet.len());
-                    deliver(
-                        relay,
-                        client,
-                        &dst,
-                        client.key,
-                        packet,
-                        kind,
-                        DropReason::UnknownDest,
-                        &mut not_here,
-                    );
-                }
+                ClientToServer::SendPacket { dst, packet } => deliver(
+                    relay,
+                    client,
+                    &dst,
+                    client.key,
+                    packet,
+                    DropReason::UnknownDest,
+                    &mut not_here,
+                ),
                 ClientToServer::ForwardPacket { src, dst, packet } => {
                     if !client.is_mesh {
                         return Err(ConnError::NotMesh(FrameType::FORWARD_PACKET));
                     }
-                    let kind = PacketKind::of(&packet);
-                    metrics.received_packet(kind, packet.len());
                     deliver(
                         relay,
                         client,
                         &dst,
                         src,
                         packet,
-                        kind,
                         DropReason::UnknownDestOnFwd,
                         &mut not_here,
                     );
@@ -161,18 +153,19 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Counts a received packet and routes it to its destination's queue, or drops and counts it.
 fn deliver(
     relay: &Relay,
     sender: &ClientHandle,
     dst: &NodePublicKey,
     src: NodePublicKey,
     packet: bytes::Bytes,
-    kind: PacketKind,
     unknown_reason: DropReason,
     not_here: &mut NotHereLimiter,
 ) {
     let metrics = &relay.inner.metrics;
+    let kind = PacketKind::of(&packet);
+    metrics.received_packet(kind, packet.len());
     match relay.inner.registry.route(dst) {
         Route::Local(target) => target.enqueue_packet(
             Packet {
