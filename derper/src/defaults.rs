@@ -32,6 +32,10 @@ pub const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Beyond this a key is misbehaving and new connections are refused.
 pub const MAX_CONNS_PER_KEY: usize = 64;
 
+/// Mesh links that may announce one key: one per other node of a region, with room for a
+/// region of 16 nodes. More announcers add nothing (the first is used until it goes).
+pub const MAX_FORWARDERS_PER_KEY: usize = 16;
+
 /// Receivers remembered per sender for PeerGone. A node talks to at most a few thousand peers.
 pub const MAX_PEER_GONE_WATCHERS: usize = 16 * 1024;
 

@@ -23,7 +23,7 @@ pub mod keyfile;
 mod listener;
 mod log_limit;
 pub mod metrics;
-pub mod server;
+pub mod relay;
 pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Cli, ServerConfig};
-pub use server::{Relay, RelayConfig};
+pub use relay::{Relay, RelayConfig};
 
 use crate::config::KeySource;
 use crate::http::HttpContext;
@@ -142,6 +142,7 @@ impl Server {
             relay: relay.clone(),
             home: config.home.clone(),
             derp_enabled: config.derp_enabled,
+            upgrade_response: relay.upgrade_response(),
         });
 
         let main = bind_with_fallback(config.addr)?;

@@ -180,6 +180,9 @@ pub struct Metrics {
     /// `derp_peer_gone_watchers_dropped_total`: PeerGone bookkeeping entries not recorded
     /// because a key's watcher set was full.
     pub watchers_dropped: Counter,
+    /// `derp_forwarders_dropped_total`: mesh announcements not recorded because a key already
+    /// had the maximum number of forwarders.
+    pub forwarders_dropped: Counter,
     /// `derp_write_batch_frames`: frames written per flush.
     pub write_batch_frames: Histogram,
     /// `derp_queue_delay_seconds`: age of the oldest packet in each written batch.
@@ -221,6 +224,7 @@ impl Metrics {
             accept_other_errors: counter!("derp_accept_errors_total", "reason" => "other"),
             connection_limit_rejections: counter!("derp_connection_limit_rejections_total"),
             watchers_dropped: counter!("derp_peer_gone_watchers_dropped_total"),
+            forwarders_dropped: counter!("derp_forwarders_dropped_total"),
             write_batch_frames: histogram!("derp_write_batch_frames"),
             queue_delay: histogram!("derp_queue_delay_seconds"),
         }
@@ -339,6 +343,10 @@ fn describe() {
     describe_counter!(
         "derp_peer_gone_watchers_dropped_total",
         "PeerGone bookkeeping entries not recorded because a key's watcher set was full"
+    );
+    describe_counter!(
+        "derp_forwarders_dropped_total",
+        "Mesh announcements not recorded because a key had the maximum number of forwarders"
     );
     describe_histogram!("derp_write_batch_frames", "Frames written per socket flush");
     describe_histogram!(

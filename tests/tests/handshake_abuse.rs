@@ -65,9 +65,9 @@ async fn silent_client_is_cut_at_the_handshake_deadline() {
     config.handshake_timeout = Duration::from_millis(200);
     let relay = derper::Relay::new(config, std::sync::Arc::new(derper::metrics::Metrics::new()));
     let (server_io, mut client_io) = tokio::io::duplex(4096);
-    let meta = derper::server::ConnMeta::new(
+    let meta = derper::relay::ConnMeta::new(
         "127.0.0.1:1".parse().unwrap(),
-        derper::server::TransportKind::Upgrade,
+        derper::relay::TransportKind::Upgrade,
     );
     let accept = tokio::spawn({
         let relay = relay.clone();
@@ -81,7 +81,7 @@ async fn silent_client_is_cut_at_the_handshake_deadline() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(result, Err(derper::server::AcceptError::Timeout)),
+        matches!(result, Err(derper::relay::AcceptError::Timeout)),
         "{result:?}"
     );
 }

@@ -16,9 +16,9 @@ async fn idle_client_gets_keepalives() {
     config.keepalive = Duration::from_millis(100);
     let relay = derper::Relay::new(config, Arc::new(derper::metrics::Metrics::new()));
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
-    let meta = derper::server::ConnMeta::new(
+    let meta = derper::relay::ConnMeta::new(
         "127.0.0.1:1".parse().unwrap(),
-        derper::server::TransportKind::Upgrade,
+        derper::relay::TransportKind::Upgrade,
     );
     tokio::spawn({
         let relay = relay.clone();

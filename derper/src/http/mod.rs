@@ -28,7 +28,7 @@ use routes::Listener;
 use crate::defaults;
 use crate::log_limit::BAD_CONNECTIONS;
 use crate::metrics::HandshakeFailure;
-use crate::server::{ConnMeta, Relay, TransportKind};
+use crate::relay::{ConnMeta, Relay, TransportKind};
 
 /// Per-listener HTTP settings shared by all its connections.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(crate) struct HttpContext {
     pub(crate) relay: Relay,
     pub(crate) home: HomePage,
     pub(crate) derp_enabled: bool,
+    /// The `101 Switching Protocols` response, built once (it names the server key).
+    pub(crate) upgrade_response: Bytes,
 }
 
 /// How the first request on a connection should be handled.
@@ -124,7 +126,9 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
             let mut meta = ConnMeta::new(remote, TransportKind::Upgrade);
             meta.not_ideal = not_ideal;
             // With fast start no HTTP response at all is written.
-            meta.send_upgrade_response = !fast_start;
+            if !fast_start {
+                meta.preface = ctx.upgrade_response.clone();
+            }
             if let Err(e) = ctx.relay.accept(io, rest, meta).await
                 && let Some(suppressed) = BAD_CONNECTIONS.allow()
             {

@@ -1,29 +1,46 @@
-//! The relay core: the handshake, the registry and each connection's tasks.
+//! The relay core, independent of transports: handshake, admission, the registry of the
+//! region's keys, forwarding, and each connection's reader and on-demand writer.
 //!
-//! Transports (HTTP upgrade, WebSocket, over TCP or TLS) end in [`Relay::accept`]; nothing
-//! below it knows about HTTP or TLS.
+//! Transports (HTTP upgrade, WebSocket, over TCP or TLS; later QUIC) end in
+//! [`Relay::accept`], which runs one connection as four steps:
+//!
+//! ```text
+//! handshake ─► admit ─► register ─► run (reader task; writer spawned while there is output)
+//! ```
+//!
+//! Nothing below `accept` knows about HTTP or TLS; the transport supplies any bytes that must
+//! precede ServerKey (the `101 Switching Protocols` response) in [`ConnMeta::preface`].
 
-mod client;
-pub(crate) mod queue;
+mod admission;
+pub(crate) mod conn;
+pub mod forward;
+mod handshake;
+pub mod lifecycle;
+mod limiter;
+mod reader;
 pub(crate) mod registry;
+mod writer;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use derp_proto::frame::PeerPresentFlags;
-use derp_proto::handshake::{self, ServerInfo};
-use derp_proto::io::{FramedRead, FramedWrite, ReadFrameError, Stream};
+use bytes::{Bytes, BytesMut};
+use derp_proto::handshake::{self as proto_handshake, ServerInfo};
+use derp_proto::io::{FramedRead, ReadFrameError, Stream};
 use derp_proto::{FrameDecoder, HandshakeError, MeshKey, NodePublicKey, NodeSecretKey};
 use rand::Rng;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use queue::ConnectionId;
-use queue::{ClientShared, Control, QueueDepths};
+pub use conn::ConnectionId;
+use conn::{Conn, Control, QueueDepths, Sink};
+pub use forward::{ForwardOutcome, Forwarder, ForwarderHandle, LinkId};
+pub use lifecycle::{Lifecycle, Phase};
 use registry::{Registry, RegistryLimits};
 
 use crate::defaults;
@@ -55,6 +72,8 @@ pub struct RelayConfig {
     pub max_conns_per_key: usize,
     /// Receivers remembered per sender for PeerGone.
     pub max_peer_gone_watchers: usize,
+    /// Mesh links that may announce one key.
+    pub max_forwarders_per_key: usize,
 }
 
 impl RelayConfig {
@@ -72,6 +91,7 @@ impl RelayConfig {
             keepalive: defaults::KEEPALIVE,
             max_conns_per_key: defaults::MAX_CONNS_PER_KEY,
             max_peer_gone_watchers: defaults::MAX_PEER_GONE_WATCHERS,
+            max_forwarders_per_key: defaults::MAX_FORWARDERS_PER_KEY,
         }
     }
 }
@@ -87,7 +107,7 @@ pub enum TransportKind {
 }
 
 /// Facts about a connection that the transport learnt before the DERP stream began.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnMeta {
     /// The client's address.
@@ -96,9 +116,10 @@ pub struct ConnMeta {
     pub transport: TransportKind,
     /// The request carried `Ideal-Node`: the client would rather be on another node.
     pub not_ideal: bool,
-    /// Write the `101 Switching Protocols` response first, in the same write as ServerKey
-    /// (false for fast start, WebSocket, and transports that answered HTTP themselves).
-    pub send_upgrade_response: bool,
+    /// Bytes written just before ServerKey, in the same write: the transport's
+    /// `101 Switching Protocols` response (empty for fast start, WebSocket, and transports
+    /// that answered HTTP themselves).
+    pub preface: Bytes,
 }
 
 impl ConnMeta {
@@ -108,7 +129,7 @@ impl ConnMeta {
             remote,
             transport,
             not_ideal: false,
-            send_upgrade_response: false,
+            preface: Bytes::new(),
         }
     }
 }
@@ -135,20 +156,40 @@ pub enum AcceptError {
     /// Too many connections for this key.
     #[error("key {0} already has the maximum number of connections")]
     TooManyDups(String),
+    /// The relay is draining or stopped and takes no new connections.
+    #[error("relay is draining")]
+    Draining,
 }
 
+/// The context every connection task shares: identity, settings, registry, metrics, and the
+/// tracker that owns every connection task.
 pub(crate) struct Inner {
     pub(crate) secret: NodeSecretKey,
-    /// The `101 Switching Protocols` response; constant because it names the server key.
-    upgrade_response: bytes::Bytes,
     pub(crate) public_key: NodePublicKey,
     pub(crate) config: RelayConfig,
     pub(crate) registry: Registry,
     pub(crate) metrics: Arc<Metrics>,
     next_conn_id: AtomicU64,
+    lifecycle: Mutex<Lifecycle>,
     /// Cancelled at shutdown; every connection's token is a child.
     pub(crate) shutdown: CancellationToken,
+    /// Owns writer tasks (readers are owned by the transport's task that called `accept`).
     pub(crate) tasks: TaskTracker,
+}
+
+impl Inner {
+    /// The per-flush write deadline for a connection.
+    pub(crate) fn write_timeout(&self, is_mesh: bool) -> Option<Duration> {
+        if is_mesh {
+            Some(self.config.mesh_write_timeout)
+        } else {
+            self.config.write_timeout
+        }
+    }
+
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The transport-independent relay. Cheap to clone.
@@ -171,20 +212,17 @@ impl Relay {
         let limits = RegistryLimits {
             max_conns_per_key: config.max_conns_per_key,
             max_peer_gone_watchers: config.max_peer_gone_watchers,
+            max_forwarders_per_key: config.max_forwarders_per_key,
         };
         Self {
             inner: Arc::new(Inner {
-                upgrade_response: bytes::Bytes::from(format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {}\r\nDerp-Public-Key: {}\r\n\r\n",
-                    derp_proto::consts::PROTOCOL_VERSION,
-                    config.secret.public_key().to_hex()
-                )),
                 public_key: config.secret.public_key(),
                 secret: config.secret.clone(),
                 registry: Registry::new(limits, metrics.clone()),
                 metrics,
                 config,
                 next_conn_id: AtomicU64::new(1),
+                lifecycle: Mutex::new(Lifecycle::default()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -196,19 +234,51 @@ impl Relay {
         self.inner.public_key
     }
 
+    /// The `101 Switching Protocols` response a transport writes as [`ConnMeta::preface`]
+    /// for an `Upgrade: DERP` request.
+    pub fn upgrade_response(&self) -> Bytes {
+        Bytes::from(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {}\r\nDerp-Public-Key: {}\r\n\r\n",
+            derp_proto::consts::PROTOCOL_VERSION,
+            self.inner.public_key.to_hex()
+        ))
+    }
+
     /// The metrics handles.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
-    /// Number of distinct keys connected now.
+    /// Number of distinct keys connected here now.
     pub fn client_count(&self) -> usize {
         self.inner.registry.key_count()
     }
 
-    /// Runs a DERP connection to completion: handshake under a deadline, registration, then the
-    /// reader here and the writer in a child task. `initial` holds bytes the transport read past
-    /// the HTTP request (the start of the DERP stream).
+    /// Where the relay is in its lifecycle.
+    pub fn phase(&self) -> Phase {
+        self.inner.lifecycle().phase()
+    }
+
+    /// Makes `key` reachable through a mesh link (the link got PeerPresent for it). Returns
+    /// false if the key already has the maximum number of forwarders.
+    pub fn add_forwarder(&self, key: NodePublicKey, fwd: ForwarderHandle) -> bool {
+        self.inner.registry.add_forwarder(key, fwd)
+    }
+
+    /// Withdraws a mesh link's route to `key` (PeerGone on the link).
+    pub fn remove_forwarder(&self, key: &NodePublicKey, link: LinkId) {
+        self.inner.registry.remove_forwarder(key, link);
+    }
+
+    /// Withdraws every route through `link` (the link broke). Returns how many keys it held.
+    pub fn remove_link(&self, link: LinkId) -> usize {
+        self.inner.registry.remove_link(link)
+    }
+
+    /// Runs a DERP connection to completion: handshake under a deadline, admission,
+    /// registration, then the reader here (the writer is spawned whenever there is output).
+    /// `initial` holds bytes the transport read past the HTTP request (the start of the DERP
+    /// stream).
     pub async fn accept<S: Stream>(
         &self,
         io: S,
@@ -231,79 +301,39 @@ impl Relay {
     ) -> Result<(), AcceptError> {
         let inner = &self.inner;
         let metrics = &inner.metrics;
-        let (r, w) = tokio::io::split(io);
+        if !inner.lifecycle().accepts_new() {
+            return Err(AcceptError::Draining);
+        }
+        let (r, mut w) = tokio::io::split(io);
         let mut reader = FramedRead::new(r, FrameDecoder::server(), initial);
-        let mut writer = FramedWrite::new(w);
 
-        let hello = match tokio::time::timeout(inner.config.handshake_timeout, async {
-            if meta.send_upgrade_response {
-                writer.buffer().extend_from_slice(&inner.upgrade_response);
-            }
-            handshake::write_server_key(writer.buffer(), &inner.public_key);
-            writer.flush().await?;
-            let frame = reader.read_frame().await?;
-            Ok::<_, AcceptError>(handshake::read_client_info(&inner.secret, &frame)?)
-        })
-        .await
-        {
-            Err(_) => {
-                metrics.handshake_failed(HandshakeFailure::Timeout);
-                return Err(AcceptError::Timeout);
-            }
-            Ok(Err(e)) => {
-                metrics.handshake_failed(match e {
-                    AcceptError::Io(_)
-                    | AcceptError::Read(ReadFrameError::Io(_) | ReadFrameError::Closed) => {
-                        HandshakeFailure::Io
-                    }
-                    _ => HandshakeFailure::Protocol,
-                });
-                return Err(e);
-            }
-            Ok(Ok(hello)) => hello,
-        };
+        // 1. Handshake.
+        let hello = handshake::run(inner, &mut reader, &mut w, &meta.preface).await?;
         tracing::Span::current().record("key", tracing::field::display(hello.client_key.short()));
 
-        let is_mesh = match (&hello.info.mesh_key, &inner.config.mesh_key) {
-            (None, _) => false,
-            (Some(theirs), Some(ours)) if theirs == ours => true,
-            (Some(_), _) => {
-                metrics.handshake_failed(HandshakeFailure::MeshKey);
-                return Err(AcceptError::MeshKey);
-            }
-        };
-        let mut flags = PeerPresentFlags::default();
-        if is_mesh {
-            flags = flags | PeerPresentFlags::IS_MESH_PEER;
-        }
-        if hello.info.is_prober {
-            flags = flags | PeerPresentFlags::IS_PROBER;
-        }
-        if meta.not_ideal {
-            flags = flags | PeerPresentFlags::NOT_IDEAL;
-        }
-        if flags == PeerPresentFlags::default() {
-            flags = PeerPresentFlags::IS_REGULAR;
-        }
+        // 2. Admission.
+        let admitted = admission::admit(&hello, &meta, inner.config.mesh_key.as_ref(), metrics)?;
 
-        let cancel = inner.shutdown.child_token();
-        let client = Arc::new(ClientShared::new(
+        // 3. Registration. Frames queued for the connection from here on wait in its outbox
+        // until ServerInfo is written, so ServerInfo is always the second frame.
+        let conn = Arc::new(Conn::new(
             conn_id,
             hello.client_key,
             meta.remote,
-            flags,
-            is_mesh,
+            admitted.flags,
+            admitted.is_mesh,
             QueueDepths {
                 packets: inner.config.queue_depth,
-                control: if is_mesh {
+                control: if admitted.is_mesh {
                     inner.config.mesh_control_queue_depth
                 } else {
                     inner.config.control_queue_depth
                 },
             },
-            cancel.clone(),
+            inner.shutdown.child_token(),
+            Arc::downgrade(inner),
         ));
-        if let Err(e) = inner.registry.register(&client) {
+        if let Err(e) = inner.registry.register(&conn) {
             metrics.handshake_failed(HandshakeFailure::TooManyDups);
             tracing::warn!(error = %e, "refusing connection");
             return Err(AcceptError::TooManyDups(
@@ -316,79 +346,84 @@ impl Relay {
         }
         metrics.current_connections.increment(1.0);
         tracing::debug!(
-            mesh = is_mesh,
+            mesh = admitted.is_mesh,
             version = hello.info.version,
             "client connected"
         );
 
-        // ServerInfo goes out before the writer starts, so it is always the second frame.
-        handshake::write_server_info_to(writer.buffer(), &hello, &ServerInfo::new());
-        let write_timeout = if is_mesh {
-            Some(inner.config.mesh_write_timeout)
-        } else {
-            inner.config.write_timeout
+        // 4. Run.
+        let mut info = BytesMut::new();
+        proto_handshake::write_server_info_to(&mut info, &hello, &ServerInfo::new());
+        let write_info = async {
+            w.write_all(&info).await?;
+            w.flush().await
         };
-        let sent = match write_timeout {
-            Some(t) => tokio::time::timeout(t, writer.flush())
+        let sent = match inner.write_timeout(admitted.is_mesh) {
+            Some(t) => tokio::time::timeout(t, write_info)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-            None => writer.flush().await,
+            None => write_info.await,
         };
-
-        if sent.is_ok() {
-            // Jitter spreads keepalives of clients that connected together (Go: [0, 5 s)).
-            let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..5000));
-            let keepalive = inner.config.keepalive + jitter;
-            let relay = self.clone();
-            let wclient = client.clone();
-            let writer_task = inner.tasks.spawn(
-                async move {
-                    let r = client::write_loop(&relay, &wclient, writer, write_timeout, keepalive)
-                        .await;
-                    // Whatever ended the writer ends the connection.
-                    wclient.cancel.cancel();
-                    r
+        drop(info);
+        match sent {
+            Ok(()) => {
+                conn.release_sink(Sink {
+                    io: Box::pin(w),
+                    seen_src: HashSet::new(),
+                });
+                // Jitter spreads keepalives of clients that connected together (Go: [0, 5 s)).
+                let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..5000));
+                let keepalive = inner.config.keepalive + jitter;
+                let result = reader::run(inner, &conn, &mut reader, keepalive).await;
+                match result {
+                    Err(e) => log_conn_end(&ConnEnd::Read(e)),
+                    Ok(()) => tracing::debug!("client disconnected"),
                 }
-                .in_current_span(),
-            );
-            let read_result = client::read_loop(self, &client, &mut reader).await;
-            cancel.cancel();
-            let write_result = writer_task.await;
-            match (read_result, write_result) {
-                (Err(e), _) => log_conn_end(&e),
-                (Ok(()), Ok(Err(e))) => log_conn_end(&e),
-                _ => tracing::debug!("client disconnected"),
             }
-        } else {
-            tracing::debug!("could not write server info");
+            Err(e) => tracing::debug!(error = %e, "could not write server info"),
         }
 
-        cancel.cancel();
-        inner.registry.unregister(&client);
-        client.drain_as_gone(metrics);
+        conn.cancel.cancel();
+        inner.registry.unregister(&conn);
+        conn.close(metrics);
+        // Closes the write half unless a writer still holds it (it ends on the cancel above).
+        drop(conn.take_sink());
         metrics.current_connections.decrement(1.0);
         Ok(())
     }
 
-    /// Tells every client the server is restarting, then cancels all connections.
+    /// Drains: refuses new connections, tells every client the server is restarting, waits
+    /// `grace` for writers to flush, then cancels all connections and waits for their tasks.
     pub async fn shutdown(&self, restart_hint: Duration, grace: Duration) {
+        self.inner
+            .lifecycle()
+            .begin_drain(std::time::Instant::now(), grace);
         let ms = u32::try_from(restart_hint.as_millis()).unwrap_or(u32::MAX);
         self.inner.registry.send_all(&Control::Restarting {
             reconnect_in_ms: ms,
             try_for_ms: ms.saturating_mul(10).max(60_000),
         });
-        // Give writers a moment to flush the Restarting frame.
         tokio::time::sleep(grace).await;
+        self.inner.lifecycle().stop();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
 }
 
-fn log_conn_end(e: &client::ConnError) {
+/// What ended a connection, for the one log line it gets.
+#[derive(Debug)]
+pub(crate) enum ConnEnd {
+    Read(reader::ReadError),
+    Write(writer::WriteError),
+}
+
+pub(crate) fn log_conn_end(e: &ConnEnd) {
     match e {
-        client::ConnError::Read(ReadFrameError::Closed) => tracing::debug!("client disconnected"),
-        client::ConnError::Read(ReadFrameError::Io(err))
+        ConnEnd::Read(reader::ReadError::Read(ReadFrameError::Closed)) => {
+            tracing::debug!("client disconnected")
+        }
+        ConnEnd::Read(reader::ReadError::Read(ReadFrameError::Io(err)))
             if matches!(
                 err.kind(),
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
@@ -396,7 +431,12 @@ fn log_conn_end(e: &client::ConnError) {
         {
             tracing::debug!("client reset the connection")
         }
-        other => {
+        ConnEnd::Read(other) => {
+            if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
+                tracing::info!(error = %other, suppressed, "closing client connection");
+            }
+        }
+        ConnEnd::Write(other) => {
             if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
                 tracing::info!(error = %other, suppressed, "closing client connection");
             }

@@ -1,0 +1,534 @@
+//! One connection as the rest of the relay sees it: identity, the outbox other connections
+//! queue into, and the on-demand writer's parked state.
+//!
+//! An idle connection holds no buffers and no writer task: the outbox's queues are empty
+//! `VecDeque`s (no heap), and the socket's write half sits parked in [`Conn::sink`]. The first
+//! frame queued for the connection spawns a writer task that takes the sink, drains the
+//! outbox in batches, and parks the sink again when the outbox is empty (Tailscale derper
+//! v1.104 starts its writer goroutine the same way).
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use derp_proto::NodePublicKey;
+use derp_proto::frame::{PeerGoneReason, PeerPresentFlags};
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::metrics::{DropReason, Metrics, PacketKind};
+
+/// A process-unique id for one connection, so a key's several connections can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// A packet waiting in a destination's queue.
+#[derive(Debug)]
+pub(crate) struct Packet {
+    /// The sender's key, written into RecvPacket.
+    pub(crate) src: NodePublicKey,
+    /// The packet bytes, shared with the reader's buffer (no copy on the way through).
+    pub(crate) data: Bytes,
+    /// Disco or not, classified once by the reader that received it.
+    pub(crate) kind: PacketKind,
+    /// When it was queued, for the queue-delay histogram.
+    pub(crate) enqueued_at: Instant,
+}
+
+/// Frames other than packets that the writer sends.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// Tell the client a peer left or is unknown.
+    PeerGone(NodePublicKey, PeerGoneReason),
+    /// Tell a watcher a peer connected.
+    PeerPresent {
+        key: NodePublicKey,
+        addr: SocketAddr,
+        flags: PeerPresentFlags,
+    },
+    /// Tell the client the server is restarting.
+    Restarting {
+        reconnect_in_ms: u32,
+        try_for_ms: u32,
+    },
+    /// Keep an idle connection alive.
+    KeepAlive,
+}
+
+/// One frame taken from the outbox by the writer.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Control(Control),
+    Pong([u8; 8]),
+    Packet(Packet),
+}
+
+/// What [`Conn::enqueue_packet`] did, so the sender's reader can be fair to the writer it woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued; nothing else to do.
+    Queued,
+    /// Queued, and the lane is filling while its writer has been scheduled but has not run
+    /// yet: the sender's reader should yield so the writer gets a worker before the lane
+    /// overflows (a burst read in one syscall would otherwise be head-dropped).
+    Backlogged,
+    /// Not queued: the connection is closing. Counted as `gone_disconnected`.
+    Closed,
+}
+
+/// Queue depths for one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueDepths {
+    pub(crate) packets: usize,
+    pub(crate) control: usize,
+}
+
+/// Where the writer is, as far as enqueuers care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    /// The connection's accept still holds the write half (handshake, ServerInfo): frames
+    /// wait in the outbox until it hands the sink over.
+    Held,
+    /// No writer task; the sink is parked.
+    Parked,
+    /// A writer task was spawned (or told to go on) and has not taken a batch since.
+    Scheduled,
+    /// The writer took a batch and is encoding or writing it.
+    Draining,
+}
+
+/// The queues other tasks push into; popped only by this connection's writer.
+#[derive(Debug)]
+struct Outbox {
+    data: VecDeque<Packet>,
+    disco: VecDeque<Packet>,
+    control: VecDeque<Control>,
+    /// At most one pending Pong: a Ping that arrives while one is pending is ignored (Go).
+    pong: Option<[u8; 8]>,
+    writer: WriterState,
+    /// Set once the connection ends; nothing is queued after that.
+    closed: bool,
+}
+
+/// The socket's write half and the writer's memory that outlives one writer task.
+pub(crate) struct Sink {
+    pub(crate) io: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Senders whose PeerGone bookkeeping is already recorded for this receiver, so the
+    /// writer touches the registry only on a sender's first packet.
+    pub(crate) seen_src: HashSet<NodePublicKey>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("seen_src", &self.seen_src.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything about one connection that other tasks may touch. Shared as [`ConnHandle`].
+#[derive(Debug)]
+pub(crate) struct Conn {
+    // Static after construction.
+    pub(crate) conn_id: ConnectionId,
+    pub(crate) key: NodePublicKey,
+    pub(crate) remote: SocketAddr,
+    pub(crate) flags: PeerPresentFlags,
+    pub(crate) is_mesh: bool,
+    pub(crate) cancel: CancellationToken,
+    depths: QueueDepths,
+    /// The relay, for spawning the writer; weak so the registry's handles form no cycle.
+    relay: Weak<Inner>,
+
+    // Guarded by its mutex: pushed by any task, popped by this connection's writer.
+    outbox: Mutex<Outbox>,
+    /// Parked while no writer runs; taken by the writer it spawns. Only the task that moved
+    /// the outbox from `Parked` to `Scheduled` takes it, so the lock is never contended.
+    sink: Mutex<Option<Sink>>,
+
+    // Guarded by the registry: set while the key has other connections too.
+    pub(crate) is_dup: AtomicBool,
+}
+
+/// A shared reference to a connection.
+pub(crate) type ConnHandle = Arc<Conn>;
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)] // one constructor, called from accept and tests
+    pub(crate) fn new(
+        conn_id: ConnectionId,
+        key: NodePublicKey,
+        remote: SocketAddr,
+        flags: PeerPresentFlags,
+        is_mesh: bool,
+        depths: QueueDepths,
+        cancel: CancellationToken,
+        relay: Weak<Inner>,
+    ) -> Self {
+        Self {
+            conn_id,
+            key,
+            remote,
+            flags,
+            is_mesh,
+            cancel,
+            depths: QueueDepths {
+                packets: depths.packets.max(1),
+                control: depths.control.max(1),
+            },
+            relay,
+            outbox: Mutex::new(Outbox {
+                data: VecDeque::new(),
+                disco: VecDeque::new(),
+                control: VecDeque::new(),
+                pong: None,
+                writer: WriterState::Held,
+                closed: false,
+            }),
+            sink: Mutex::new(None),
+            is_dup: AtomicBool::new(false),
+        }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding the lock cannot leave the queues inconsistent (every update
+        // is a single push or pop), so a poisoned lock is still usable.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the write half over after the handshake: from now on queued frames start a
+    /// writer, and anything queued while accept held it goes out now.
+    pub(crate) fn release_sink(self: &Arc<Self>, sink: Sink) {
+        self.park_sink(sink);
+        let mut ob = self.outbox();
+        if ob.writer != WriterState::Held {
+            return;
+        }
+        ob.writer = WriterState::Parked;
+        let pending = !ob.control.is_empty()
+            || ob.pong.is_some()
+            || !ob.disco.is_empty()
+            || !ob.data.is_empty();
+        if pending {
+            self.schedule(ob);
+        }
+    }
+
+    /// Parks the write half (accept's hand-over, or a writer that found the outbox empty).
+    pub(crate) fn park_sink(&self, sink: Sink) {
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    /// Takes the parked write half (the writer, or the connection's end).
+    pub(crate) fn take_sink(&self) -> Option<Sink> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Queues a packet without waiting. When the lane is full the oldest packet is dropped
+    /// (fresh packets matter more, as in Go derper) and counted as `queue_head`.
+    pub(crate) fn enqueue_packet(self: &Arc<Self>, packet: Packet, metrics: &Metrics) -> Enqueued {
+        let mut ob = self.outbox();
+        if ob.closed {
+            drop(ob);
+            metrics.drop_packet(DropReason::GoneDisconnected, packet.kind, packet.data.len());
+            return Enqueued::Closed;
+        }
+        let depth = self.depths.packets;
+        let lane = match packet.kind {
+            PacketKind::Disco => &mut ob.disco,
+            PacketKind::Other => &mut ob.data,
+        };
+        let dropped = if lane.len() >= depth {
+            lane.pop_front()
+        } else {
+            None
+        };
+        lane.push_back(packet);
+        let filling = lane.len() * 2 >= depth;
+        let spawn = ob.writer == WriterState::Parked;
+        let backlogged = filling && ob.writer == WriterState::Scheduled;
+        if spawn {
+            ob.writer = WriterState::Scheduled;
+        }
+        drop(ob);
+        if let Some(old) = dropped {
+            metrics.drop_packet(DropReason::QueueHead, old.kind, old.data.len());
+        }
+        if spawn {
+            self.spawn_writer();
+        }
+        if backlogged {
+            Enqueued::Backlogged
+        } else {
+            Enqueued::Queued
+        }
+    }
+
+    /// Queues a control frame; returns false (and counts it) if the control queue is full or
+    /// the connection is closing.
+    pub(crate) fn enqueue_control(self: &Arc<Self>, control: Control, metrics: &Metrics) -> bool {
+        let mut ob = self.outbox();
+        if ob.closed {
+            return false;
+        }
+        if ob.control.len() >= self.depths.control {
+            drop(ob);
+            metrics.control_dropped.increment(1);
+            return false;
+        }
+        ob.control.push_back(control);
+        self.schedule(ob);
+        true
+    }
+
+    /// Queues a Pong unless one is already pending.
+    pub(crate) fn enqueue_pong(self: &Arc<Self>, data: [u8; 8]) {
+        let mut ob = self.outbox();
+        if ob.closed || ob.pong.is_some() {
+            return;
+        }
+        ob.pong = Some(data);
+        self.schedule(ob);
+    }
+
+    /// Spawns the writer if none is running; consumes the outbox guard.
+    fn schedule(self: &Arc<Self>, mut ob: MutexGuard<'_, Outbox>) {
+        let spawn = ob.writer == WriterState::Parked;
+        if spawn {
+            ob.writer = WriterState::Scheduled;
+        }
+        drop(ob);
+        if spawn {
+            self.spawn_writer();
+        }
+    }
+
+    fn spawn_writer(self: &Arc<Self>) {
+        // Without a relay (unit tests, or the relay is gone) nothing could write anyway.
+        if let Some(relay) = self.relay.upgrade() {
+            super::writer::spawn(relay, self.clone());
+        }
+    }
+
+    /// Moves up to `max` frames into `batch` in priority order (control, pong, disco, data).
+    /// When the outbox is empty, marks the writer parked and returns false: the writer must
+    /// park its sink and end, and the next enqueue spawns a new one.
+    pub(crate) fn take_batch(&self, batch: &mut Vec<Outgoing>, max: usize) -> bool {
+        let mut ob = self.outbox();
+        while batch.len() < max {
+            if let Some(c) = ob.control.pop_front() {
+                batch.push(Outgoing::Control(c));
+            } else if let Some(p) = ob.pong.take() {
+                batch.push(Outgoing::Pong(p));
+            } else if let Some(p) = ob.disco.pop_front() {
+                batch.push(Outgoing::Packet(p));
+            } else if let Some(p) = ob.data.pop_front() {
+                batch.push(Outgoing::Packet(p));
+            } else {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            ob.writer = WriterState::Parked;
+            // Give back what a burst grew; an idle connection holds no queue memory.
+            if ob.data.capacity() > 0 {
+                ob.data = VecDeque::new();
+            }
+            if ob.disco.capacity() > 0 {
+                ob.disco = VecDeque::new();
+            }
+            if ob.control.capacity() > 0 {
+                ob.control = VecDeque::new();
+            }
+            return false;
+        }
+        ob.writer = WriterState::Draining;
+        true
+    }
+
+    /// Marks the writer as about to take its next batch: enqueuers that fill a lane from now
+    /// on ask their reader to yield to it.
+    pub(crate) fn writer_ready(&self) {
+        let mut ob = self.outbox();
+        if ob.writer == WriterState::Draining {
+            ob.writer = WriterState::Scheduled;
+        }
+    }
+
+    /// Closes the outbox: nothing is queued from now on, and whatever is queued is counted as
+    /// `gone_disconnected`. Called once the connection's reader and writer stopped.
+    pub(crate) fn close(&self, metrics: &Metrics) {
+        let (data, disco) = {
+            let mut ob = self.outbox();
+            ob.closed = true;
+            ob.control = VecDeque::new();
+            ob.pong = None;
+            (std::mem::take(&mut ob.data), std::mem::take(&mut ob.disco))
+        };
+        for p in data.into_iter().chain(disco) {
+            metrics.drop_packet(DropReason::GoneDisconnected, p.kind, p.data.len());
+        }
+    }
+
+    /// Queued frames, for tests.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Outgoing> {
+        let mut ob = self.outbox();
+        let mut out = Vec::new();
+        out.extend(ob.control.drain(..).map(Outgoing::Control));
+        out.extend(ob.pong.take().map(Outgoing::Pong));
+        out.extend(ob.disco.drain(..).map(Outgoing::Packet));
+        out.extend(ob.data.drain(..).map(Outgoing::Packet));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection past its handshake (writer parked), with no relay to spawn writers on.
+    fn conn(depth: usize) -> Arc<Conn> {
+        let c = Arc::new(Conn::new(
+            ConnectionId(1),
+            NodePublicKey::from_bytes([1; 32]),
+            "127.0.0.1:1".parse().unwrap(),
+            PeerPresentFlags::IS_REGULAR,
+            false,
+            QueueDepths {
+                packets: depth,
+                control: 2,
+            },
+            CancellationToken::new(),
+            Weak::new(),
+        ));
+        c.outbox().writer = WriterState::Parked;
+        c
+    }
+
+    fn packet(n: u8) -> Packet {
+        let data = Bytes::from(vec![n; 10]);
+        Packet {
+            src: NodePublicKey::from_bytes([2; 32]),
+            kind: PacketKind::of(&data),
+            data,
+            enqueued_at: Instant::now(),
+        }
+    }
+
+    fn data_bytes(out: &[Outgoing]) -> Vec<u8> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Packet(p) => Some(p.data[0]),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_queue_drops_oldest() {
+        let m = Metrics::new();
+        let c = conn(2);
+        for n in 0..4 {
+            c.enqueue_packet(packet(n), &m);
+        }
+        assert_eq!(data_bytes(&c.queued()), [2, 3]);
+    }
+
+    #[test]
+    fn disco_has_its_own_lane_and_goes_first() {
+        let m = Metrics::new();
+        let c = conn(1);
+        let mut disco = vec![0u8; 70];
+        disco[..6].copy_from_slice(&derp_proto::disco::MAGIC);
+        c.enqueue_packet(packet(1), &m);
+        c.enqueue_packet(
+            Packet {
+                kind: PacketKind::Disco,
+                data: Bytes::from(disco),
+                ..packet(0)
+            },
+            &m,
+        );
+        c.enqueue_packet(packet(2), &m);
+        let out = c.queued();
+        assert!(matches!(&out[0], Outgoing::Packet(p) if p.kind == PacketKind::Disco));
+        assert_eq!(data_bytes(&out[1..]), [2]);
+    }
+
+    #[test]
+    fn closed_conn_takes_nothing() {
+        let m = Metrics::new();
+        let c = conn(4);
+        c.close(&m);
+        assert_eq!(c.enqueue_packet(packet(1), &m), Enqueued::Closed);
+        assert!(!c.enqueue_control(Control::PeerGone(c.key, PeerGoneReason::DISCONNECTED), &m));
+        assert!(c.queued().is_empty());
+    }
+
+    #[test]
+    fn one_pending_pong() {
+        let c = conn(1);
+        c.enqueue_pong([1; 8]);
+        c.enqueue_pong([2; 8]);
+        let out = c.queued();
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Outgoing::Pong([1, ..])));
+    }
+
+    #[test]
+    fn control_queue_is_bounded() {
+        let m = Metrics::new();
+        let c = conn(1);
+        let gone = Control::PeerGone(c.key, PeerGoneReason::DISCONNECTED);
+        assert!(c.enqueue_control(gone.clone(), &m));
+        assert!(c.enqueue_control(gone.clone(), &m));
+        assert!(!c.enqueue_control(gone, &m));
+    }
+
+    #[test]
+    fn filling_lane_with_a_scheduled_writer_asks_the_reader_to_yield() {
+        let m = Metrics::new();
+        let c = conn(4);
+        // The first packet schedules the writer (no relay here, so nothing is spawned).
+        assert_eq!(c.enqueue_packet(packet(0), &m), Enqueued::Queued);
+        assert_eq!(c.enqueue_packet(packet(1), &m), Enqueued::Backlogged);
+        // Once the writer has taken a batch it is draining: no more yields are asked for,
+        // since a writer blocked on a slow socket is not helped by the sender yielding.
+        let mut batch = Vec::new();
+        assert!(c.take_batch(&mut batch, 64));
+        assert_eq!(batch.len(), 2);
+        for n in 2..5 {
+            assert_eq!(c.enqueue_packet(packet(n), &m), Enqueued::Queued);
+        }
+        c.writer_ready();
+        assert_eq!(c.enqueue_packet(packet(5), &m), Enqueued::Backlogged);
+    }
+
+    #[test]
+    fn empty_outbox_parks_the_writer_and_frees_queues() {
+        let m = Metrics::new();
+        let c = conn(64);
+        for n in 0..40 {
+            c.enqueue_packet(packet(n), &m);
+        }
+        let mut batch = Vec::new();
+        assert!(c.take_batch(&mut batch, 64));
+        batch.clear();
+        assert!(!c.take_batch(&mut batch, 64));
+        let ob = c.outbox();
+        assert_eq!(ob.writer, WriterState::Parked);
+        assert_eq!(ob.data.capacity(), 0);
+    }
+}

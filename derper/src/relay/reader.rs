@@ -1,0 +1,135 @@
+//! The reader: the connection's own task after the handshake. It decodes the client's frames
+//! and forwards packets, and it keeps the keepalive timer (so an idle connection is one
+//! parked task and nothing else).
+//!
+//! Fairness: a read can bring in thousands of frames, and working through bytes already
+//! buffered never reaches a socket `.await`, so tokio's cooperative budget (which counts
+//! resource polls, not frames) would never stop this loop. Every frame therefore consumes a
+//! unit of budget, and a reader that fills a destination lane whose writer has not run yet
+//! yields to it at once, so a burst arriving in one read reaches a receiver that keeps up.
+
+use std::time::{Duration, Instant};
+
+use derp_proto::frame::FrameType;
+use derp_proto::io::{FramedRead, ReadFrameError};
+use derp_proto::{ClientToServer, DecodeError};
+use tokio::io::AsyncRead;
+
+use super::Inner;
+use super::conn::{ConnHandle, Control, Enqueued};
+use super::forward::{self, Origin};
+use super::limiter;
+
+/// Why the reader ended the connection.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Read(#[from] ReadFrameError),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("{0:?} frame from a non-mesh client")]
+    NotMesh(FrameType),
+}
+
+/// Reads and dispatches frames until the client leaves, misbehaves, or the connection is
+/// cancelled. Sends KeepAlive every `keepalive`.
+pub(crate) async fn run<R: AsyncRead + Unpin>(
+    relay: &Inner,
+    conn: &ConnHandle,
+    reader: &mut FramedRead<R>,
+    keepalive: Duration,
+) -> Result<(), ReadError> {
+    let metrics = &relay.metrics;
+    let mut preferred = false;
+    let result = async {
+        let mut not_here = limiter::not_here_limiter(Instant::now());
+        let start = tokio::time::Instant::now() + keepalive;
+        let mut keepalive = tokio::time::interval_at(start, keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = conn.cancel.cancelled() => return Ok(()),
+                _ = keepalive.tick() => {
+                    conn.enqueue_control(Control::KeepAlive, metrics);
+                    continue;
+                }
+                f = reader.read_frame() => f?,
+            };
+            if conn.is_dup.load(std::sync::atomic::Ordering::Relaxed) {
+                relay.registry.note_activity(conn);
+            }
+            let msg = ClientToServer::decode(frame.ty, frame.payload)?;
+            let enqueued = match msg {
+                ClientToServer::SendPacket { dst, packet } => forward::deliver(
+                    relay,
+                    conn,
+                    Origin::Client,
+                    conn.key,
+                    &dst,
+                    packet,
+                    &mut not_here,
+                ),
+                ClientToServer::ForwardPacket { src, dst, packet } => {
+                    if !conn.is_mesh {
+                        return Err(ReadError::NotMesh(FrameType::FORWARD_PACKET));
+                    }
+                    forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, &mut not_here)
+                }
+                ClientToServer::NotePreferred(p) => {
+                    if p != preferred {
+                        preferred = p;
+                        if p {
+                            metrics.current_home_connections.increment(1.0);
+                        } else {
+                            metrics.current_home_connections.decrement(1.0);
+                        }
+                    }
+                    Enqueued::Queued
+                }
+                ClientToServer::Ping(data) => {
+                    metrics.got_ping.increment(1);
+                    conn.enqueue_pong(data);
+                    Enqueued::Queued
+                }
+                ClientToServer::Pong(_) => Enqueued::Queued,
+                ClientToServer::WatchConns => {
+                    if !conn.is_mesh {
+                        return Err(ReadError::NotMesh(FrameType::WATCH_CONNS));
+                    }
+                    // A relay meshing with itself must not watch itself.
+                    if conn.key != relay.public_key {
+                        relay.registry.add_watcher(conn);
+                    }
+                    Enqueued::Queued
+                }
+                ClientToServer::ClosePeer(key) => {
+                    if !conn.is_mesh {
+                        return Err(ReadError::NotMesh(FrameType::CLOSE_PEER));
+                    }
+                    let n = relay.registry.close_key(&key);
+                    tracing::info!(peer = %key.short(), closed = n, "close peer requested by mesh");
+                    Enqueued::Queued
+                }
+                // Unknown frames, and future variants of the non-exhaustive enum, are skipped.
+                _ => {
+                    metrics.unknown_frames.increment(1);
+                    Enqueued::Queued
+                }
+            };
+            if enqueued == Enqueued::Backlogged {
+                // The destination's writer is scheduled (most likely in this worker's LIFO
+                // slot, which other workers cannot steal) and its lane is half full: let it
+                // run before this buffer's next frames overflow the lane.
+                tokio::task::yield_now().await;
+            } else {
+                tokio::task::consume_budget().await;
+            }
+        }
+    }
+    .await;
+    if preferred {
+        metrics.current_home_connections.decrement(1.0);
+    }
+    result
+}

@@ -1,0 +1,883 @@
+//! Who is in the region: each key's local connections (duplicate handling), the mesh links
+//! that announced it, and who must hear PeerGone when it leaves.
+//!
+//! No I/O and no `.await` here: every method takes a DashMap shard guard, copies out what it
+//! needs, and drops the guard before notifying anyone, so no guard is ever held while another
+//! connection's queue is touched.
+//!
+//! Region presence follows Go derper: a key's entry lives while it has a local connection
+//! *or* a forwarder (`clients` and `clientsMesh` in Go, one map here, so a route is one shard
+//! read). Local beats remote; among forwarders the first announcer is used until it goes
+//! (Go's `multiForwarder`). PeerGone(Disconnected) goes out when the key leaves the *region*
+//! — no local connection and no forwarder left — not when it merely moves between nodes
+//! (Go's `notePeerGoneFromRegionLocked`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use derp_proto::NodePublicKey;
+use derp_proto::frame::PeerGoneReason;
+
+use super::conn::{Conn, ConnHandle, ConnectionId, Control};
+use super::forward::{ForwarderHandle, LinkId};
+use crate::metrics::Metrics;
+
+/// Where a packet for a key should go.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// The key's active local connection.
+    Local(ConnHandle),
+    /// Another relay of the region holds the key; forward through this link.
+    Remote(ForwarderHandle),
+    /// The key is connected here, but several times and none is active.
+    DupNoActive,
+    /// Nobody in the region has that key.
+    Unknown,
+}
+
+/// Why a connection could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RegisterError {
+    #[error("key already has {0} connections")]
+    TooManyDups(usize),
+}
+
+/// Registry bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RegistryLimits {
+    /// Connections allowed per key (a reconnecting client briefly has two).
+    pub(crate) max_conns_per_key: usize,
+    /// Distinct receivers remembered per sender for PeerGone.
+    pub(crate) max_peer_gone_watchers: usize,
+    /// Mesh links that may announce one key (one per other node of the region is plenty).
+    pub(crate) max_forwarders_per_key: usize,
+}
+
+#[derive(Debug, Default)]
+struct KeyEntry {
+    /// Every open local connection of this key, oldest first.
+    conns: Vec<ConnHandle>,
+    /// Index into `conns` of the connection that receives packets.
+    active: Option<usize>,
+    /// Connections in the order they became active, used to pick the next active one when the
+    /// active one leaves. Mirrors Go's `dupClientSet.sendHistory` exactly, quirk included: when
+    /// a key goes from one to two connections only the older one is recorded, so with three
+    /// silent connections a1, a2, a3 the history is [a1, a3] and a1 follows a3.
+    history: Vec<ConnectionId>,
+    /// Mesh links that announced this key, first announcer first.
+    forwarders: Vec<ForwarderHandle>,
+    /// Receivers (key and the connection that got the packet) that must hear PeerGone when
+    /// this key leaves the region (Go: `sentTo`).
+    peer_gone_watchers: HashMap<NodePublicKey, ConnectionId>,
+}
+
+impl KeyEntry {
+    fn in_region(&self) -> bool {
+        !self.conns.is_empty() || !self.forwarders.is_empty()
+    }
+}
+
+/// The set of keys present in the region, as seen from this relay.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    clients: DashMap<NodePublicKey, KeyEntry>,
+    /// Mesh watchers (WatchConns senders); small, so a mutex is fine.
+    watchers: Mutex<HashMap<ConnectionId, ConnHandle>>,
+    dup_keys: AtomicU64,
+    limits: RegistryLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub(crate) fn new(limits: RegistryLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            clients: DashMap::new(),
+            watchers: Mutex::new(HashMap::new()),
+            dup_keys: AtomicU64::new(0),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Adds a connection; the newest connection of a key becomes its active one.
+    pub(crate) fn register(&self, client: &ConnHandle) -> Result<(), RegisterError> {
+        {
+            let mut entry = self.clients.entry(client.key).or_default();
+            if entry.conns.len() >= self.limits.max_conns_per_key {
+                return Err(RegisterError::TooManyDups(entry.conns.len()));
+            }
+            match entry.conns.len() {
+                0 => {}
+                1 => {
+                    let first = entry.conns[0].conn_id;
+                    entry.history = vec![first];
+                }
+                _ => {
+                    entry.history.push(client.conn_id);
+                    trim_history(&mut entry.history, self.limits.max_conns_per_key);
+                }
+            }
+            entry.conns.push(client.clone());
+            entry.active = Some(entry.conns.len() - 1);
+            if entry.conns.len() > 1 {
+                if entry.conns.len() == 2 {
+                    self.dup_keys.fetch_add(1, Ordering::Relaxed);
+                }
+                self.metrics.dup_client_conns.increment(1);
+                for c in &entry.conns {
+                    c.is_dup.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.metrics
+            .current_dup_client_keys
+            .set(self.dup_keys.load(Ordering::Relaxed) as f64);
+        self.broadcast(Control::PeerPresent {
+            key: client.key,
+            addr: client.remote,
+            flags: client.flags,
+        });
+        Ok(())
+    }
+
+    /// Removes a connection. When the key leaves the region with it (no other local
+    /// connection, no forwarder), queues PeerGone(Disconnected) to every connection that
+    /// received packets from it. Watchers hear PeerGone whenever the key's last *local*
+    /// connection closes: they track this node's clients, not the region's.
+    pub(crate) fn unregister(&self, client: &ConnHandle) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client.conn_id);
+        let mut notify = Vec::new();
+        let mut last_local = false;
+        if let dashmap::Entry::Occupied(mut occ) = self.clients.entry(client.key) {
+            let entry = occ.get_mut();
+            let Some(pos) = entry.conns.iter().position(|c| c.conn_id == client.conn_id) else {
+                return;
+            };
+            let was_dup = entry.conns.len() > 1;
+            let active_id = entry
+                .active
+                .and_then(|i| entry.conns.get(i))
+                .map(|c| c.conn_id);
+            entry.conns.remove(pos);
+            if was_dup && entry.conns.len() <= 1 {
+                self.dup_keys.fetch_sub(1, Ordering::Relaxed);
+            }
+            entry.history.retain(|id| *id != client.conn_id);
+            match entry.conns.len() {
+                0 => {
+                    last_local = true;
+                    entry.active = None;
+                    entry.history.clear();
+                    if !entry.forwarders.is_empty() {
+                        // Still in the region through another node: nobody is told.
+                    } else {
+                        let entry = occ.remove();
+                        notify.extend(entry.peer_gone_watchers);
+                    }
+                }
+                1 => {
+                    // Back to a single connection: it is active.
+                    entry.conns[0].is_dup.store(false, Ordering::Relaxed);
+                    entry.active = Some(0);
+                    entry.history.clear();
+                }
+                _ if active_id == Some(client.conn_id) => {
+                    // The most recent still-connected entry of the history becomes active.
+                    let conns = &entry.conns;
+                    entry.active = entry
+                        .history
+                        .iter()
+                        .rev()
+                        .find_map(|id| conns.iter().position(|c| c.conn_id == *id));
+                }
+                _ => {
+                    entry.active =
+                        active_id.and_then(|id| entry.conns.iter().position(|c| c.conn_id == id));
+                }
+            }
+        }
+        self.metrics
+            .current_dup_client_keys
+            .set(self.dup_keys.load(Ordering::Relaxed) as f64);
+        self.notify_gone(client.key, notify);
+        if last_local {
+            self.broadcast(Control::PeerGone(client.key, PeerGoneReason::DISCONNECTED));
+        }
+    }
+
+    /// Records that `key` is reachable through `fwd` (a mesh link got PeerPresent for it).
+    /// Returns false if the key already has the maximum number of forwarders (counted).
+    pub(crate) fn add_forwarder(&self, key: NodePublicKey, fwd: ForwarderHandle) -> bool {
+        let mut entry = self.clients.entry(key).or_default();
+        let id = fwd.link_id();
+        if entry.forwarders.iter().any(|f| f.link_id() == id) {
+            return true;
+        }
+        if entry.forwarders.len() >= self.limits.max_forwarders_per_key {
+            drop(entry);
+            self.metrics.forwarders_dropped.increment(1);
+            return false;
+        }
+        entry.forwarders.push(fwd);
+        true
+    }
+
+    /// Withdraws `link` as a route to `key` (PeerGone on the link). If that was the key's last
+    /// presence in the region, its receivers hear PeerGone(Disconnected).
+    pub(crate) fn remove_forwarder(&self, key: &NodePublicKey, link: LinkId) {
+        let mut notify = Vec::new();
+        if let dashmap::Entry::Occupied(mut occ) = self.clients.entry(*key) {
+            occ.get_mut().forwarders.retain(|f| f.link_id() != link);
+            if !occ.get().in_region() {
+                notify.extend(occ.remove().peer_gone_watchers);
+            }
+        }
+        self.notify_gone(*key, notify);
+    }
+
+    /// Withdraws every route through `link` (the link broke: Go's MeshConnBroke). Returns how
+    /// many keys it was announcing.
+    pub(crate) fn remove_link(&self, link: LinkId) -> usize {
+        let keys: Vec<NodePublicKey> = self
+            .clients
+            .iter()
+            .filter(|e| e.forwarders.iter().any(|f| f.link_id() == link))
+            .map(|e| *e.key())
+            .collect();
+        for k in &keys {
+            self.remove_forwarder(k, link);
+        }
+        keys.len()
+    }
+
+    fn notify_gone(&self, key: NodePublicKey, receivers: Vec<(NodePublicKey, ConnectionId)>) {
+        for (dst, conn_id) in receivers {
+            if let Some(target) = self.connection(&dst, conn_id)
+                && target.enqueue_control(
+                    Control::PeerGone(key, PeerGoneReason::DISCONNECTED),
+                    &self.metrics,
+                )
+            {
+                self.metrics.peer_gone_disconnected.increment(1);
+            }
+        }
+    }
+
+    fn connection(&self, key: &NodePublicKey, conn_id: ConnectionId) -> Option<ConnHandle> {
+        let entry = self.clients.get(key)?;
+        entry.conns.iter().find(|c| c.conn_id == conn_id).cloned()
+    }
+
+    /// Looks up where a packet for `dst` goes, in one shard read. The returned handle is a
+    /// clone; no guard is kept.
+    pub(crate) fn route(&self, dst: &NodePublicKey) -> Route {
+        let Some(entry) = self.clients.get(dst) else {
+            return Route::Unknown;
+        };
+        if let Some(c) = entry.active.and_then(|i| entry.conns.get(i)) {
+            return Route::Local(c.clone());
+        }
+        if !entry.conns.is_empty() {
+            return Route::DupNoActive;
+        }
+        match entry.forwarders.first() {
+            Some(f) => Route::Remote(f.clone()),
+            None => Route::Unknown,
+        }
+    }
+
+    /// Called when a connection whose key has duplicates sends a frame: it becomes active
+    /// ("last writer is active", Go's default policy).
+    pub(crate) fn note_activity(&self, client: &ConnHandle) {
+        if let Some(mut entry) = self.clients.get_mut(&client.key) {
+            let Some(i) = entry.conns.iter().position(|c| c.conn_id == client.conn_id) else {
+                return;
+            };
+            if entry.conns.len() < 2 || entry.active == Some(i) {
+                return;
+            }
+            entry.active = Some(i);
+            entry.history.push(client.conn_id);
+            trim_history(&mut entry.history, self.limits.max_conns_per_key);
+        }
+    }
+
+    /// Remembers that `receiver` got a packet from `src`, so it hears when `src` leaves the
+    /// region. Works for senders held here and for senders another node holds (forwarded
+    /// packets). Returns false if `src` is not in the region or its set is full.
+    pub(crate) fn add_peer_gone_watcher(&self, src: &NodePublicKey, receiver: &Conn) -> bool {
+        let Some(mut entry) = self.clients.get_mut(src) else {
+            return false;
+        };
+        let watchers = &mut entry.peer_gone_watchers;
+        if watchers.len() >= self.limits.max_peer_gone_watchers
+            && !watchers.contains_key(&receiver.key)
+        {
+            drop(entry);
+            self.metrics.watchers_dropped.increment(1);
+            return false;
+        }
+        watchers.insert(receiver.key, receiver.conn_id);
+        true
+    }
+
+    /// Subscribes a mesh watcher: it gets PeerPresent for every locally connected key now,
+    /// then updates.
+    pub(crate) fn add_watcher(&self, watcher: &ConnHandle) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(watcher.conn_id, watcher.clone());
+        let present: Vec<Control> = self
+            .clients
+            .iter()
+            .filter_map(|e| {
+                let c = e.active.and_then(|i| e.conns.get(i))?;
+                Some(Control::PeerPresent {
+                    key: c.key,
+                    addr: c.remote,
+                    flags: c.flags,
+                })
+            })
+            .collect();
+        for p in present {
+            watcher.enqueue_control(p, &self.metrics);
+        }
+    }
+
+    /// Closes every local connection of `key` (mesh ClosePeer). Returns how many were closed.
+    pub(crate) fn close_key(&self, key: &NodePublicKey) -> usize {
+        let conns: Vec<ConnHandle> = self
+            .clients
+            .get(key)
+            .map(|e| e.conns.clone())
+            .unwrap_or_default();
+        for c in &conns {
+            c.cancel.cancel();
+        }
+        conns.len()
+    }
+
+    /// Queues a control frame to every local connection (Restarting on shutdown).
+    pub(crate) fn send_all(&self, control: &Control) {
+        let all: Vec<ConnHandle> = self.clients.iter().flat_map(|e| e.conns.clone()).collect();
+        for c in all {
+            c.enqueue_control(control.clone(), &self.metrics);
+        }
+    }
+
+    fn broadcast(&self, control: Control) {
+        let watchers: Vec<ConnHandle> = self
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for w in watchers {
+            w.enqueue_control(control.clone(), &self.metrics);
+        }
+    }
+
+    /// Number of distinct keys connected here.
+    pub(crate) fn key_count(&self) -> usize {
+        self.clients.iter().filter(|e| !e.conns.is_empty()).count()
+    }
+
+    /// Checks internal consistency (Go's `ConsistencyCheck`, local and remote halves); used by
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let mut dups = 0;
+        for e in self.clients.iter() {
+            if !e.in_region() {
+                return Err(format!(
+                    "{:?} has neither connections nor forwarders",
+                    e.key()
+                ));
+            }
+            if e.active.is_some_and(|i| i >= e.conns.len()) {
+                return Err(format!("{:?} active index out of range", e.key()));
+            }
+            if e.conns.len() == 1 && e.active != Some(0) {
+                return Err(format!("{:?} single connection not active", e.key()));
+            }
+            if e.conns.is_empty() && (e.active.is_some() || !e.history.is_empty()) {
+                return Err(format!("{:?} remote-only entry has local state", e.key()));
+            }
+            if e.conns.len() > 1 {
+                dups += 1;
+            }
+            let mut links: Vec<LinkId> = e.forwarders.iter().map(|f| f.link_id()).collect();
+            links.sort_by_key(|l| l.0);
+            links.dedup();
+            if links.len() != e.forwarders.len() {
+                return Err(format!("{:?} has a forwarder twice", e.key()));
+            }
+            if e.forwarders.len() > self.limits.max_forwarders_per_key
+                || e.conns.len() > self.limits.max_conns_per_key
+                || e.peer_gone_watchers.len() > self.limits.max_peer_gone_watchers
+            {
+                return Err(format!("{:?} over a bound", e.key()));
+            }
+            for c in &e.conns {
+                if c.key != *e.key() {
+                    return Err("connection filed under the wrong key".into());
+                }
+                if c.is_dup.load(Ordering::Relaxed) != (e.conns.len() > 1) {
+                    return Err("is_dup flag out of sync".into());
+                }
+            }
+        }
+        if dups != self.dup_keys.load(Ordering::Relaxed) {
+            return Err(format!(
+                "dup key count {} != {}",
+                self.dup_keys.load(Ordering::Relaxed),
+                dups
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the history bounded: only the most recent entries matter, and a key has at most
+/// `max_conns` connections.
+fn trim_history(history: &mut Vec<ConnectionId>, max_conns: usize) {
+    let cap = 4 * max_conns.max(1);
+    if history.len() > cap {
+        history.drain(..history.len() - cap / 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Weak;
+
+    use bytes::Bytes;
+    use derp_proto::frame::PeerPresentFlags;
+    use proptest::prelude::*;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::metrics::PacketKind;
+    use crate::relay::conn::{Outgoing, Packet, QueueDepths};
+    use crate::relay::forward::{ForwardOutcome, Forwarder};
+
+    fn registry() -> Registry {
+        Registry::new(
+            RegistryLimits {
+                max_conns_per_key: 4,
+                max_peer_gone_watchers: 2,
+                max_forwarders_per_key: 3,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn key(k: u8) -> NodePublicKey {
+        NodePublicKey::from_bytes([k; 32])
+    }
+
+    fn conn(id: u64, k: u8) -> ConnHandle {
+        Arc::new(Conn::new(
+            ConnectionId(id),
+            key(k),
+            "127.0.0.1:1".parse().unwrap(),
+            PeerPresentFlags::IS_REGULAR,
+            false,
+            QueueDepths {
+                packets: 4,
+                control: 64,
+            },
+            CancellationToken::new(),
+            Weak::new(),
+        ))
+    }
+
+    #[derive(Debug)]
+    struct TestLink(u64);
+
+    impl Forwarder for TestLink {
+        fn link_id(&self) -> LinkId {
+            LinkId(self.0)
+        }
+        fn forward(&self, _: NodePublicKey, _: NodePublicKey, _: Bytes) -> ForwardOutcome {
+            ForwardOutcome::Queued
+        }
+    }
+
+    fn link(id: u64) -> ForwarderHandle {
+        Arc::new(TestLink(id))
+    }
+
+    fn active_id(r: &Registry, k: u8) -> Option<u64> {
+        match r.route(&key(k)) {
+            Route::Local(c) => Some(c.conn_id.0),
+            _ => None,
+        }
+    }
+
+    fn remote_link(r: &Registry, k: u8) -> Option<u64> {
+        match r.route(&key(k)) {
+            Route::Remote(f) => Some(f.link_id().0),
+            _ => None,
+        }
+    }
+
+    /// PeerGone(Disconnected) frames queued for `c`, by departed key.
+    fn gone_frames(c: &Conn) -> Vec<NodePublicKey> {
+        c.queued()
+            .into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Control(Control::PeerGone(k, PeerGoneReason::DISCONNECTED)) => Some(k),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn newest_is_active_and_last_writer_wins() {
+        let r = registry();
+        let (a1, a2) = (conn(1, 1), conn(2, 1));
+        r.register(&a1).unwrap();
+        r.register(&a2).unwrap();
+        assert_eq!(active_id(&r, 1), Some(2));
+        r.note_activity(&a1);
+        assert_eq!(active_id(&r, 1), Some(1));
+        r.unregister(&a1);
+        assert_eq!(active_id(&r, 1), Some(2));
+        r.check_invariants().unwrap();
+        r.unregister(&a2);
+        assert!(matches!(r.route(&key(1)), Route::Unknown));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn three_silent_connections_follow_go_history() {
+        let r = registry();
+        let (a1, a2, a3) = (conn(1, 1), conn(2, 1), conn(3, 1));
+        for c in [&a1, &a2, &a3] {
+            r.register(c).unwrap();
+        }
+        assert_eq!(active_id(&r, 1), Some(3));
+        r.unregister(&a3);
+        assert_eq!(active_id(&r, 1), Some(1));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn too_many_connections_for_one_key_are_refused() {
+        let r = registry();
+        for i in 0..4 {
+            r.register(&conn(i, 9)).unwrap();
+        }
+        assert_eq!(r.register(&conn(99, 9)), Err(RegisterError::TooManyDups(4)));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn peer_gone_goes_to_receivers_on_last_disconnect_only() {
+        let r = registry();
+        let (a1, a2, b) = (conn(1, 1), conn(2, 1), conn(3, 2));
+        r.register(&a1).unwrap();
+        r.register(&a2).unwrap();
+        r.register(&b).unwrap();
+        assert!(r.add_peer_gone_watcher(&a1.key, &b));
+        r.unregister(&a1);
+        assert!(gone_frames(&b).is_empty(), "2 -> 1 must not send PeerGone");
+        r.unregister(&a2);
+        assert_eq!(gone_frames(&b), [a1.key]);
+    }
+
+    #[test]
+    fn watcher_sets_are_bounded() {
+        let r = registry();
+        let a = conn(1, 1);
+        r.register(&a).unwrap();
+        for k in 2..4 {
+            let c = conn(u64::from(k), k);
+            r.register(&c).unwrap();
+            assert!(r.add_peer_gone_watcher(&a.key, &c));
+        }
+        let extra = conn(10, 10);
+        r.register(&extra).unwrap();
+        assert!(!r.add_peer_gone_watcher(&a.key, &extra));
+    }
+
+    #[test]
+    fn local_beats_remote_and_first_announcer_wins() {
+        let r = registry();
+        assert!(r.add_forwarder(key(1), link(7)));
+        assert!(r.add_forwarder(key(1), link(8)));
+        assert!(
+            r.add_forwarder(key(1), link(7)),
+            "re-announcing is idempotent"
+        );
+        assert_eq!(remote_link(&r, 1), Some(7));
+        let a = conn(1, 1);
+        r.register(&a).unwrap();
+        assert_eq!(active_id(&r, 1), Some(1));
+        r.unregister(&a);
+        assert_eq!(remote_link(&r, 1), Some(7));
+        r.remove_forwarder(&key(1), LinkId(7));
+        assert_eq!(remote_link(&r, 1), Some(8));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn moving_to_another_node_is_not_leaving_the_region() {
+        let r = registry();
+        let (a, b) = (conn(1, 1), conn(2, 2));
+        r.register(&a).unwrap();
+        r.register(&b).unwrap();
+        assert!(r.add_peer_gone_watcher(&a.key, &b));
+        // a reconnects to another node of the region, which announces it, then leaves here.
+        r.add_forwarder(a.key, link(5));
+        r.unregister(&a);
+        assert!(gone_frames(&b).is_empty());
+        assert_eq!(remote_link(&r, 1), Some(5));
+        // Then it leaves the region altogether.
+        r.remove_forwarder(&a.key, LinkId(5));
+        assert_eq!(gone_frames(&b), [a.key]);
+        assert!(matches!(r.route(&a.key), Route::Unknown));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn remote_only_senders_record_receivers_and_a_broken_link_reports_them_gone() {
+        let r = registry();
+        let b = conn(2, 2);
+        r.register(&b).unwrap();
+        r.add_forwarder(key(1), link(5));
+        r.add_forwarder(key(3), link(5));
+        assert!(
+            r.add_peer_gone_watcher(&key(1), &b),
+            "a remote sender is recorded"
+        );
+        assert!(
+            !r.add_peer_gone_watcher(&key(9), &b),
+            "nobody in the region"
+        );
+        assert_eq!(r.remove_link(LinkId(5)), 2);
+        assert_eq!(gone_frames(&b), [key(1)]);
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn forwarders_per_key_are_bounded() {
+        let r = registry();
+        for l in 0..3 {
+            assert!(r.add_forwarder(key(1), link(l)));
+        }
+        assert!(!r.add_forwarder(key(1), link(99)));
+        r.check_invariants().unwrap();
+    }
+
+    /// Counts allocations per thread, so parallel tests do not disturb each other.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: delegates to the system allocator; the counter is a thread-local Cell.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    #[test]
+    fn route_lookup_and_enqueue_allocate_nothing_once_warm() {
+        let r = registry();
+        for k in 0..100u8 {
+            r.register(&conn(u64::from(k), k)).unwrap();
+        }
+        let keys: Vec<NodePublicKey> = (0..200u8).map(key).collect();
+        let packet = |k: &NodePublicKey| Packet {
+            src: *k,
+            data: Bytes::from_static(b"wireguard"),
+            kind: PacketKind::Other,
+            enqueued_at: std::time::Instant::now(),
+        };
+        // The first packet to a connection grows its lane (an idle connection holds none).
+        for k in &keys {
+            if let Route::Local(c) = r.route(k) {
+                c.enqueue_packet(packet(k), &r.metrics);
+            }
+        }
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(64);
+        let before = ALLOCS.with(std::cell::Cell::get);
+        let mut local = 0;
+        for k in &keys {
+            if let Route::Local(c) = r.route(k) {
+                local += 1;
+                c.enqueue_packet(packet(k), &r.metrics);
+                // And the writer taking it (it keeps the lane while the connection is busy).
+                assert!(c.take_batch(&mut batch, 64));
+                batch.clear();
+            }
+        }
+        assert_eq!(local, 100);
+        assert_eq!(
+            ALLOCS.with(std::cell::Cell::get) - before,
+            0,
+            "allocations in route() and enqueue"
+        );
+    }
+
+    #[test]
+    fn watchers_get_present_flood_and_updates() {
+        let r = registry();
+        let a = conn(1, 1);
+        r.register(&a).unwrap();
+        let w = conn(2, 2);
+        r.register(&w).unwrap();
+        r.add_watcher(&w);
+        let present = w
+            .queued()
+            .into_iter()
+            .filter(|o| matches!(o, Outgoing::Control(Control::PeerPresent { .. })))
+            .count();
+        assert_eq!(present, 2);
+        r.unregister(&a);
+        assert_eq!(gone_frames(&w), [a.key]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Connect(u8),
+        Disconnect(usize),
+        Activity(usize),
+        Announce(u8, u64),
+        Withdraw(u8, u64),
+        LinkBroke(u64),
+        Send { from: usize, to: u8 },
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0..4u8).prop_map(Event::Connect),
+            (0..8usize).prop_map(Event::Disconnect),
+            (0..8usize).prop_map(Event::Activity),
+            (0..4u8, 0..3u64).prop_map(|(k, l)| Event::Announce(k, l)),
+            (0..4u8, 0..3u64).prop_map(|(k, l)| Event::Withdraw(k, l)),
+            (0..3u64).prop_map(Event::LinkBroke),
+            (0..8usize, 0..4u8).prop_map(|(from, to)| Event::Send { from, to }),
+        ]
+    }
+
+    proptest! {
+        /// Random connects, disconnects, announcements and sends keep the registry consistent,
+        /// route as a model says, and send PeerGone exactly when a key leaves the region.
+        #[test]
+        fn region_presence_matches_a_model(events in proptest::collection::vec(event(), 1..80)) {
+            let r = registry();
+            let mut open: Vec<ConnHandle> = Vec::new();
+            let mut next_id = 100;
+            // Model: forwarders per key in announcement order.
+            let mut fwd: HashMap<u8, Vec<u64>> = HashMap::new();
+            // Model: who received from whom (receiver conn id -> senders), since its last
+            // PeerGone for that sender.
+            let mut received: HashMap<u64, HashSet<u8>> = HashMap::new();
+            let in_region = |open: &[ConnHandle], fwd: &HashMap<u8, Vec<u64>>, k: u8| {
+                open.iter().any(|c| c.key == key(k)) || fwd.get(&k).is_some_and(|v| !v.is_empty())
+            };
+            for ev in events {
+                let before: Vec<bool> = (0..4).map(|k| in_region(&open, &fwd, k)).collect();
+                match ev {
+                    Event::Connect(k) => {
+                        let c = conn(next_id, k);
+                        next_id += 1;
+                        if r.register(&c).is_ok() {
+                            open.push(c);
+                        }
+                    }
+                    Event::Disconnect(i) if i < open.len() => {
+                        let c = open.remove(i);
+                        r.unregister(&c);
+                        received.remove(&c.conn_id.0);
+                    }
+                    Event::Activity(i) if i < open.len() => r.note_activity(&open[i]),
+                    Event::Announce(k, l) if r.add_forwarder(key(k), link(l)) => {
+                        let v = fwd.entry(k).or_default();
+                        if !v.contains(&l) {
+                            v.push(l);
+                        }
+                    }
+                    Event::Withdraw(k, l) => {
+                        r.remove_forwarder(&key(k), LinkId(l));
+                        fwd.entry(k).or_default().retain(|x| *x != l);
+                    }
+                    Event::LinkBroke(l) => {
+                        r.remove_link(LinkId(l));
+                        for v in fwd.values_mut() {
+                            v.retain(|x| *x != l);
+                        }
+                    }
+                    Event::Send { from, to } if from < open.len() => {
+                        // `to` receives a packet from `open[from]`: its writer records it.
+                        let sender = open[from].key;
+                        if let Route::Local(dst) = r.route(&key(to))
+                            && r.add_peer_gone_watcher(&sender, &dst)
+                        {
+                            let k = sender.as_bytes()[0];
+                            // One receiver connection per receiver key is remembered (Go's
+                            // `sentTo` maps key to connection number).
+                            for c in open.iter().filter(|c| c.key == dst.key) {
+                                if let Some(s) = received.get_mut(&c.conn_id.0) {
+                                    s.remove(&k);
+                                }
+                            }
+                            received.entry(dst.conn_id.0).or_default().insert(k);
+                        }
+                    }
+                    _ => {}
+                }
+                prop_assert!(r.check_invariants().is_ok(), "{:?}", r.check_invariants());
+                let heard: HashMap<u64, Vec<NodePublicKey>> =
+                    open.iter().map(|c| (c.conn_id.0, gone_frames(c))).collect();
+                for k in 0..4u8 {
+                    let now = in_region(&open, &fwd, k);
+                    let route = r.route(&key(k));
+                    let local = open.iter().any(|c| c.key == key(k));
+                    match (&route, local, fwd.get(&k).and_then(|v| v.first())) {
+                        (Route::Local(_) | Route::DupNoActive, true, _) => {}
+                        (Route::Remote(f), false, Some(first)) => prop_assert_eq!(f.link_id().0, *first),
+                        (Route::Unknown, false, None) => {}
+                        other => prop_assert!(false, "key {} routes {:?}", k, other.0),
+                    }
+                    if before[k as usize] && !now {
+                        // Left the region: every receiver that still holds it heard PeerGone.
+                        for c in &open {
+                            let heard = heard[&c.conn_id.0].contains(&key(k));
+                            let expected = received.get_mut(&c.conn_id.0).is_some_and(|s| s.remove(&k));
+                            prop_assert_eq!(heard, expected, "receiver {} of key {}", c.conn_id, k);
+                        }
+                    }
+                }
+                // Nobody hears PeerGone for a key that is still in the region.
+                for gone in heard.values().flatten() {
+                    prop_assert!(!in_region(&open, &fwd, gone.as_bytes()[0]));
+                }
+            }
+        }
+    }
+}
