@@ -9,8 +9,64 @@ use metrics::{
     gauge, histogram,
 };
 
-/// Why a packet was dropped (label `reason`), named as Go derper names them.
+/// Every metric name, declared once: the handles and the descriptions both use these.
+pub mod names {
+    /// `derp_accept_errors_total`.
+    pub const ACCEPT_ERRORS_TOTAL: &str = "derp_accept_errors_total";
+    /// `derp_accepts_total`.
+    pub const ACCEPTS_TOTAL: &str = "derp_accepts_total";
+    /// `derp_bytes_dropped_total`.
+    pub const BYTES_DROPPED_TOTAL: &str = "derp_bytes_dropped_total";
+    /// `derp_bytes_received_total`.
+    pub const BYTES_RECEIVED_TOTAL: &str = "derp_bytes_received_total";
+    /// `derp_bytes_sent_total`.
+    pub const BYTES_SENT_TOTAL: &str = "derp_bytes_sent_total";
+    /// `derp_connection_limit_rejections_total`.
+    pub const CONNECTION_LIMIT_REJECTIONS_TOTAL: &str = "derp_connection_limit_rejections_total";
+    /// `derp_control_dropped_total`.
+    pub const CONTROL_DROPPED_TOTAL: &str = "derp_control_dropped_total";
+    /// `derp_current_connections`.
+    pub const CURRENT_CONNECTIONS: &str = "derp_current_connections";
+    /// `derp_current_dup_client_keys`.
+    pub const CURRENT_DUP_CLIENT_KEYS: &str = "derp_current_dup_client_keys";
+    /// `derp_current_home_connections`.
+    pub const CURRENT_HOME_CONNECTIONS: &str = "derp_current_home_connections";
+    /// `derp_dup_client_conns_total`.
+    pub const DUP_CLIENT_CONNS_TOTAL: &str = "derp_dup_client_conns_total";
+    /// `derp_forwarders_dropped_total`.
+    pub const FORWARDERS_DROPPED_TOTAL: &str = "derp_forwarders_dropped_total";
+    /// `derp_got_ping_total`.
+    pub const GOT_PING_TOTAL: &str = "derp_got_ping_total";
+    /// `derp_handshake_failures_total`.
+    pub const HANDSHAKE_FAILURES_TOTAL: &str = "derp_handshake_failures_total";
+    /// `derp_packets_dropped_total`.
+    pub const PACKETS_DROPPED_TOTAL: &str = "derp_packets_dropped_total";
+    /// `derp_packets_received_total`.
+    pub const PACKETS_RECEIVED_TOTAL: &str = "derp_packets_received_total";
+    /// `derp_packets_sent_total`.
+    pub const PACKETS_SENT_TOTAL: &str = "derp_packets_sent_total";
+    /// `derp_peer_gone_frames_total`.
+    pub const PEER_GONE_FRAMES_TOTAL: &str = "derp_peer_gone_frames_total";
+    /// `derp_peer_gone_watchers_dropped_total`.
+    pub const PEER_GONE_WATCHERS_DROPPED_TOTAL: &str = "derp_peer_gone_watchers_dropped_total";
+    /// `derp_queue_delay_seconds`.
+    pub const QUEUE_DELAY_SECONDS: &str = "derp_queue_delay_seconds";
+    /// `derp_sent_pong_total`.
+    pub const SENT_PONG_TOTAL: &str = "derp_sent_pong_total";
+    /// `derp_unknown_frames_total`.
+    pub const UNKNOWN_FRAMES_TOTAL: &str = "derp_unknown_frames_total";
+    /// `derp_websocket_accepts_total`.
+    pub const WEBSOCKET_ACCEPTS_TOTAL: &str = "derp_websocket_accepts_total";
+    /// `derp_write_batch_frames`.
+    pub const WRITE_BATCH_FRAMES: &str = "derp_write_batch_frames";
+    /// `derp_write_timeouts_total`.
+    pub const WRITE_TIMEOUTS_TOTAL: &str = "derp_write_timeouts_total";
+}
+
+/// Why a packet was dropped (label `reason`), named as Go derper names them. The
+/// discriminant indexes the handle arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum DropReason {
     /// No client with that key is connected.
     UnknownDest,
@@ -53,8 +109,10 @@ impl DropReason {
     }
 }
 
-/// What kind of packet was dropped or received (label `kind`).
+/// What kind of packet was dropped or received (label `kind`). The discriminant indexes the
+/// handle arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum PacketKind {
     /// Disco (NAT traversal) packets.
     Disco,
@@ -63,6 +121,8 @@ pub enum PacketKind {
 }
 
 impl PacketKind {
+    const ALL: [Self; 2] = [Self::Disco, Self::Other];
+
     /// Classifies a packet by the disco magic.
     pub fn of(packet: &[u8]) -> Self {
         if derp_proto::disco::looks_like_disco(packet) {
@@ -73,10 +133,7 @@ impl PacketKind {
     }
 
     fn index(self) -> usize {
-        match self {
-            Self::Disco => 0,
-            Self::Other => 1,
-        }
+        self as usize
     }
 
     fn as_str(self) -> &'static str {
@@ -87,8 +144,10 @@ impl PacketKind {
     }
 }
 
-/// Why a handshake failed (label `reason` of `derp_handshake_failures_total`).
+/// Why a handshake failed (label `reason` of `derp_handshake_failures_total`). The
+/// discriminant indexes the handle array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum HandshakeFailure {
     /// The client did not finish within the deadline.
     Timeout,
@@ -193,40 +252,40 @@ impl Metrics {
     /// Describes every metric and builds the handles. Call after installing the recorder.
     pub fn new() -> Self {
         describe();
-        let kinds = [PacketKind::Disco, PacketKind::Other];
+        let kinds = PacketKind::ALL;
         Self {
-            accepts: counter!("derp_accepts_total"),
-            websocket_accepts: counter!("derp_websocket_accepts_total"),
-            current_connections: gauge!("derp_current_connections"),
-            current_home_connections: gauge!("derp_current_home_connections"),
-            current_dup_client_keys: gauge!("derp_current_dup_client_keys"),
-            dup_client_conns: counter!("derp_dup_client_conns_total"),
-            bytes_received: counter!("derp_bytes_received_total"),
-            bytes_sent: counter!("derp_bytes_sent_total"),
-            packets_received: kinds.map(|k| counter!("derp_packets_received_total", "kind" => k.as_str())),
-            packets_sent: counter!("derp_packets_sent_total"),
+            accepts: counter!(names::ACCEPTS_TOTAL),
+            websocket_accepts: counter!(names::WEBSOCKET_ACCEPTS_TOTAL),
+            current_connections: gauge!(names::CURRENT_CONNECTIONS),
+            current_home_connections: gauge!(names::CURRENT_HOME_CONNECTIONS),
+            current_dup_client_keys: gauge!(names::CURRENT_DUP_CLIENT_KEYS),
+            dup_client_conns: counter!(names::DUP_CLIENT_CONNS_TOTAL),
+            bytes_received: counter!(names::BYTES_RECEIVED_TOTAL),
+            bytes_sent: counter!(names::BYTES_SENT_TOTAL),
+            packets_received: kinds.map(|k| counter!(names::PACKETS_RECEIVED_TOTAL, "kind" => k.as_str())),
+            packets_sent: counter!(names::PACKETS_SENT_TOTAL),
             packets_dropped: DropReason::ALL.map(|r| {
-                kinds.map(|k| counter!("derp_packets_dropped_total", "reason" => r.as_str(), "kind" => k.as_str()))
+                kinds.map(|k| counter!(names::PACKETS_DROPPED_TOTAL, "reason" => r.as_str(), "kind" => k.as_str()))
             }),
             bytes_dropped: DropReason::ALL.map(|r| {
-                kinds.map(|k| counter!("derp_bytes_dropped_total", "reason" => r.as_str(), "kind" => k.as_str()))
+                kinds.map(|k| counter!(names::BYTES_DROPPED_TOTAL, "reason" => r.as_str(), "kind" => k.as_str()))
             }),
             handshake_failures: HandshakeFailure::ALL
-                .map(|r| counter!("derp_handshake_failures_total", "reason" => r.as_str())),
-            peer_gone_disconnected: counter!("derp_peer_gone_frames_total", "reason" => "disconnected"),
-            peer_gone_not_here: counter!("derp_peer_gone_frames_total", "reason" => "not_here"),
-            control_dropped: counter!("derp_control_dropped_total"),
-            got_ping: counter!("derp_got_ping_total"),
-            sent_pong: counter!("derp_sent_pong_total"),
-            unknown_frames: counter!("derp_unknown_frames_total"),
-            write_timeouts: counter!("derp_write_timeouts_total"),
-            accept_fd_exhausted: counter!("derp_accept_errors_total", "reason" => "fd_exhausted"),
-            accept_other_errors: counter!("derp_accept_errors_total", "reason" => "other"),
-            connection_limit_rejections: counter!("derp_connection_limit_rejections_total"),
-            watchers_dropped: counter!("derp_peer_gone_watchers_dropped_total"),
-            forwarders_dropped: counter!("derp_forwarders_dropped_total"),
-            write_batch_frames: histogram!("derp_write_batch_frames"),
-            queue_delay: histogram!("derp_queue_delay_seconds"),
+                .map(|r| counter!(names::HANDSHAKE_FAILURES_TOTAL, "reason" => r.as_str())),
+            peer_gone_disconnected: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "disconnected"),
+            peer_gone_not_here: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "not_here"),
+            control_dropped: counter!(names::CONTROL_DROPPED_TOTAL),
+            got_ping: counter!(names::GOT_PING_TOTAL),
+            sent_pong: counter!(names::SENT_PONG_TOTAL),
+            unknown_frames: counter!(names::UNKNOWN_FRAMES_TOTAL),
+            write_timeouts: counter!(names::WRITE_TIMEOUTS_TOTAL),
+            accept_fd_exhausted: counter!(names::ACCEPT_ERRORS_TOTAL, "reason" => "fd_exhausted"),
+            accept_other_errors: counter!(names::ACCEPT_ERRORS_TOTAL, "reason" => "other"),
+            connection_limit_rejections: counter!(names::CONNECTION_LIMIT_REJECTIONS_TOTAL),
+            watchers_dropped: counter!(names::PEER_GONE_WATCHERS_DROPPED_TOTAL),
+            forwarders_dropped: counter!(names::FORWARDERS_DROPPED_TOTAL),
+            write_batch_frames: histogram!(names::WRITE_BATCH_FRAMES),
+            queue_delay: histogram!(names::QUEUE_DELAY_SECONDS),
         }
     }
 
@@ -237,10 +296,7 @@ impl Metrics {
 
     /// Counts `packets` dropped packets totalling `bytes`.
     pub fn drop_packets(&self, reason: DropReason, kind: PacketKind, packets: u64, bytes: u64) {
-        let r = DropReason::ALL
-            .iter()
-            .position(|x| *x == reason)
-            .unwrap_or(0);
+        let r = reason as usize;
         self.packets_dropped[r][kind.index()].increment(packets);
         self.bytes_dropped[r][kind.index()].increment(bytes);
     }
@@ -253,11 +309,7 @@ impl Metrics {
 
     /// Counts one failed handshake.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
-        let r = HandshakeFailure::ALL
-            .iter()
-            .position(|x| *x == reason)
-            .unwrap_or(0);
-        self.handshake_failures[r].increment(1);
+        self.handshake_failures[reason as usize].increment(1);
     }
 }
 
@@ -269,89 +321,107 @@ impl Default for Metrics {
 
 fn describe() {
     describe_counter!(
-        "derp_accepts_total",
+        names::ACCEPTS_TOTAL,
         "DERP connections that completed the handshake"
     );
     describe_counter!(
-        "derp_websocket_accepts_total",
+        names::WEBSOCKET_ACCEPTS_TOTAL,
         "DERP connections accepted over WebSocket"
     );
-    describe_gauge!("derp_current_connections", "DERP connections open now");
+    describe_gauge!(names::CURRENT_CONNECTIONS, "DERP connections open now");
     describe_gauge!(
-        "derp_current_home_connections",
+        names::CURRENT_HOME_CONNECTIONS,
         "Connections whose client marked this relay as home"
     );
     describe_gauge!(
-        "derp_current_dup_client_keys",
+        names::CURRENT_DUP_CLIENT_KEYS,
         "Keys with more than one open connection"
     );
     describe_counter!(
-        "derp_dup_client_conns_total",
+        names::DUP_CLIENT_CONNS_TOTAL,
         "Connections that joined an already connected key"
     );
     describe_counter!(
-        "derp_bytes_received_total",
+        names::BYTES_RECEIVED_TOTAL,
         Unit::Bytes,
         "Packet bytes received from clients"
     );
     describe_counter!(
-        "derp_bytes_sent_total",
+        names::BYTES_SENT_TOTAL,
         Unit::Bytes,
         "Packet bytes written to clients"
     );
     describe_counter!(
-        "derp_packets_received_total",
+        names::PACKETS_RECEIVED_TOTAL,
         "Packets received from clients, by kind"
     );
-    describe_counter!("derp_packets_sent_total", "Packets written to clients");
+    describe_counter!(names::PACKETS_SENT_TOTAL, "Packets written to clients");
     describe_counter!(
-        "derp_packets_dropped_total",
+        names::PACKETS_DROPPED_TOTAL,
         "Packets dropped, by reason and kind"
     );
     describe_counter!(
-        "derp_bytes_dropped_total",
+        names::BYTES_DROPPED_TOTAL,
         Unit::Bytes,
         "Packet bytes dropped, by reason and kind"
     );
     describe_counter!(
-        "derp_handshake_failures_total",
+        names::HANDSHAKE_FAILURES_TOTAL,
         "Connections that failed before or during the DERP handshake, by reason"
     );
     describe_counter!(
-        "derp_peer_gone_frames_total",
+        names::PEER_GONE_FRAMES_TOTAL,
         "PeerGone frames queued to clients, by reason"
     );
     describe_counter!(
-        "derp_control_dropped_total",
+        names::CONTROL_DROPPED_TOTAL,
         "PeerGone/PeerPresent frames dropped because a client's control queue was full"
     );
-    describe_counter!("derp_got_ping_total", "Ping frames received from clients");
-    describe_counter!("derp_sent_pong_total", "Pong frames written to clients");
+    describe_counter!(names::GOT_PING_TOTAL, "Ping frames received from clients");
+    describe_counter!(names::SENT_PONG_TOTAL, "Pong frames written to clients");
     describe_counter!(
-        "derp_unknown_frames_total",
+        names::UNKNOWN_FRAMES_TOTAL,
         "Frames of unknown type skipped"
     );
     describe_counter!(
-        "derp_write_timeouts_total",
+        names::WRITE_TIMEOUTS_TOTAL,
         "Connections closed because a write missed its deadline"
     );
-    describe_counter!("derp_accept_errors_total", "TCP accept failures, by reason");
+    describe_counter!(names::ACCEPT_ERRORS_TOTAL, "TCP accept failures, by reason");
     describe_counter!(
-        "derp_connection_limit_rejections_total",
+        names::CONNECTION_LIMIT_REJECTIONS_TOTAL,
         "Connections closed at accept because the connection limit was reached"
     );
     describe_counter!(
-        "derp_peer_gone_watchers_dropped_total",
+        names::PEER_GONE_WATCHERS_DROPPED_TOTAL,
         "PeerGone bookkeeping entries not recorded because a key's watcher set was full"
     );
     describe_counter!(
-        "derp_forwarders_dropped_total",
+        names::FORWARDERS_DROPPED_TOTAL,
         "Mesh announcements not recorded because a key had the maximum number of forwarders"
     );
-    describe_histogram!("derp_write_batch_frames", "Frames written per socket flush");
+    describe_histogram!(names::WRITE_BATCH_FRAMES, "Frames written per socket flush");
     describe_histogram!(
-        "derp_queue_delay_seconds",
+        names::QUEUE_DELAY_SECONDS,
         Unit::Seconds,
         "Age of the oldest packet in each written batch"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_arrays_are_indexed_by_discriminant() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        for (i, k) in PacketKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+        for (i, h) in HandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(*h as usize, i, "{h:?}");
+        }
+    }
 }

@@ -58,11 +58,12 @@ async fn malformed_client_info_is_closed_and_others_unaffected() {
     assert_eq!(common::recv_packet(&mut b).await.1, b"unaffected");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn silent_client_is_cut_at_the_handshake_deadline() {
-    // A relay with a short handshake deadline, driven over an in-memory pipe.
-    let mut config = derper::RelayConfig::new(derp_proto::NodeSecretKey::generate());
-    config.handshake_timeout = Duration::from_millis(200);
+    // The default deadline (10 s) on paused time, driven over an in-memory pipe.
+    let config = derper::RelayConfig::new(derp_proto::NodeSecretKey::generate());
+    let deadline = config.handshake_timeout;
+    let started = tokio::time::Instant::now();
     let relay = derper::Relay::new(config, std::sync::Arc::new(derper::metrics::Metrics::new()));
     let (server_io, mut client_io) = tokio::io::duplex(4096);
     let meta = derper::relay::ConnMeta::new(
@@ -76,7 +77,7 @@ async fn silent_client_is_cut_at_the_handshake_deadline() {
     let mut key_frame = [0u8; 45];
     client_io.read_exact(&mut key_frame).await.unwrap();
     assert_eq!(&key_frame[..5], &[0x01, 0, 0, 0, 0x28]);
-    let result = tokio::time::timeout(Duration::from_secs(5), accept)
+    let result = tokio::time::timeout(deadline * 2, accept)
         .await
         .unwrap()
         .unwrap();
@@ -84,6 +85,7 @@ async fn silent_client_is_cut_at_the_handshake_deadline() {
         matches!(result, Err(derper::relay::AcceptError::Timeout)),
         "{result:?}"
     );
+    assert_eq!(started.elapsed(), deadline, "cut exactly at the deadline");
 }
 
 #[tokio::test]

@@ -10,10 +10,11 @@ use derp_proto::io::FramedRead;
 use derp_proto::{FrameDecoder, FrameType, NodeSecretKey};
 use tokio::io::AsyncWriteExt;
 
-#[tokio::test]
+// Paused time: the runtime jumps to each timer when idle, so 60 s periods take no real time.
+#[tokio::test(start_paused = true)]
 async fn idle_client_gets_keepalives() {
-    let mut config = derper::RelayConfig::new(NodeSecretKey::generate());
-    config.keepalive = Duration::from_millis(100);
+    let config = derper::RelayConfig::new(NodeSecretKey::generate());
+    let period = config.keepalive;
     let relay = derper::Relay::new(config, Arc::new(derper::metrics::Metrics::new()));
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     let meta = derper::relay::ConnMeta::new(
@@ -35,13 +36,22 @@ async fn idle_client_gets_keepalives() {
     let info = reader.read_frame().await.unwrap();
     assert_eq!(info.ty, FrameType::SERVER_INFO);
 
-    // Two keepalives within period + maximum jitter, twice over.
-    for _ in 0..2 {
-        let f = tokio::time::timeout(Duration::from_secs(7), reader.read_frame())
+    // KeepAlives every period + this connection's jitter (under 5 s), and nothing before.
+    let connected = tokio::time::Instant::now();
+    let mut previous = connected;
+    for n in 1..=3u32 {
+        let f = tokio::time::timeout(period + Duration::from_secs(5), reader.read_frame())
             .await
             .expect("a keepalive within period + jitter")
             .unwrap();
         assert_eq!(f.ty, FrameType::KEEP_ALIVE);
         assert!(f.payload.is_empty());
+        let now = tokio::time::Instant::now();
+        let gap = now - previous;
+        assert!(
+            gap >= period && gap < period + Duration::from_secs(5),
+            "keepalive {n} after {gap:?}"
+        );
+        previous = now;
     }
 }

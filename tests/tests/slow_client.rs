@@ -48,9 +48,8 @@ async fn stalled_reader_does_not_delay_others() {
         .unwrap()
         .unwrap();
 
-    // The stalled client's excess was dropped and counted (queue head drops or a write
-    // timeout once its socket stayed full past the deadline).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The stalled client's excess was dropped and counted as queue head drops (the write
+    // deadline itself is covered with paused time in the relay's unit tests).
     let text = recorder.render();
     let dropped: f64 = text
         .lines()

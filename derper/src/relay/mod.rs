@@ -443,3 +443,6 @@ pub(crate) fn log_conn_end(e: &ConnEnd) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -77,11 +77,13 @@ async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
         };
         buf.clear();
         if let Err(e) = result {
-            if stats.packets > 0 {
-                let reason = DropReason::WriteError;
-                relay
-                    .metrics
-                    .drop_packets(reason, PacketKind::Other, stats.packets, stats.bytes);
+            for kind in [PacketKind::Disco, PacketKind::Other] {
+                let (packets, bytes) = stats.by_kind[kind as usize];
+                if packets > 0 {
+                    relay
+                        .metrics
+                        .drop_packets(DropReason::WriteError, kind, packets, bytes);
+                }
             }
             if matches!(e, WriteError::Timeout(_)) {
                 relay.metrics.write_timeouts.increment(1);
@@ -119,6 +121,8 @@ struct BatchStats {
     frames: usize,
     packets: u64,
     bytes: u64,
+    /// Packets and bytes by [`PacketKind`], so a failed write counts its drops by kind.
+    by_kind: [(u64, u64); 2],
     oldest: Option<Instant>,
 }
 
@@ -150,8 +154,12 @@ fn encode_batch(
                 }
                 encode_recv_packet_header(buf, &p.src, p.data.len());
                 buf.put_slice(&p.data);
+                let len = p.data.len() as u64;
                 stats.packets += 1;
-                stats.bytes += p.data.len() as u64;
+                stats.bytes += len;
+                let k = &mut stats.by_kind[p.kind as usize];
+                k.0 += 1;
+                k.1 += len;
                 stats.oldest = Some(stats.oldest.map_or(p.enqueued_at, |o| o.min(p.enqueued_at)));
             }
         }

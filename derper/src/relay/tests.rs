@@ -1,0 +1,172 @@
+//! The relay core over in-memory pipes: the reader, the on-demand writer and their deadlines,
+//! on paused time where a timer is involved.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use derp_proto::handshake::{self as proto, ClientInfo};
+use derp_proto::io::FramedRead;
+use derp_proto::{ClientToServer, FrameDecoder, FrameType, NodePublicKey, NodeSecretKey};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+
+use super::*;
+
+/// The client end of a connection accepted over a duplex pipe.
+struct TestClient {
+    key: NodePublicKey,
+    reader: FramedRead<ReadHalf<DuplexStream>>,
+    writer: WriteHalf<DuplexStream>,
+    accept: tokio::task::JoinHandle<Result<(), AcceptError>>,
+}
+
+impl TestClient {
+    async fn send(&mut self, msg: &ClientToServer) {
+        let mut out = BytesMut::new();
+        msg.encode(&mut out);
+        self.writer.write_all(&out).await.unwrap();
+    }
+}
+
+fn relay() -> Relay {
+    Relay::new(
+        RelayConfig::new(NodeSecretKey::generate()),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// Connects over a pipe of `capacity` bytes and completes the handshake.
+async fn connect(relay: &Relay, capacity: usize) -> TestClient {
+    let (server_io, client_io) = tokio::io::duplex(capacity);
+    let meta = ConnMeta::new("127.0.0.1:1".parse().unwrap(), TransportKind::Upgrade);
+    let accept = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.accept(server_io, BytesMut::new(), meta).await }
+    });
+    let (r, mut writer) = tokio::io::split(client_io);
+    let mut reader = FramedRead::new(r, FrameDecoder::client(), BytesMut::new());
+    let server_key = proto::read_server_key(&reader.read_frame().await.unwrap()).unwrap();
+    let me = NodeSecretKey::generate();
+    let mut out = BytesMut::new();
+    proto::write_client_info(&mut out, &me, &server_key, &ClientInfo::new());
+    writer.write_all(&out).await.unwrap();
+    let info = reader.read_frame().await.unwrap();
+    assert_eq!(
+        info.ty,
+        FrameType::SERVER_INFO,
+        "ServerInfo is the second frame"
+    );
+    TestClient {
+        key: me.public_key(),
+        reader,
+        writer,
+        accept,
+    }
+}
+
+/// Lets every ready task run (paused time does not advance while tasks are runnable).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_has_no_writer_task() {
+    let relay = relay();
+    let mut c = connect(&relay, 64 * 1024).await;
+    settle().await;
+    assert_eq!(relay.inner.tasks.len(), 0, "no writer while idle");
+
+    // A Ping spawns a writer for the Pong, which parks again afterwards.
+    c.send(&ClientToServer::Ping(*b"pingpong")).await;
+    let pong = c.reader.read_frame().await.unwrap();
+    assert_eq!(pong.ty, FrameType::PONG);
+    assert_eq!(&pong.payload[..], b"pingpong");
+    settle().await;
+    assert_eq!(
+        relay.inner.tasks.len(),
+        0,
+        "writer ended once the outbox was empty"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn packets_flow_and_the_writer_parks_between_bursts() {
+    let relay = relay();
+    let mut a = connect(&relay, 64 * 1024).await;
+    let mut b = connect(&relay, 64 * 1024).await;
+    for round in 0..3u8 {
+        for i in 0..10u8 {
+            a.send(&ClientToServer::SendPacket {
+                dst: b.key,
+                packet: Bytes::from(vec![round, i]),
+            })
+            .await;
+        }
+        for i in 0..10u8 {
+            let f = b.reader.read_frame().await.unwrap();
+            assert_eq!(f.ty, FrameType::RECV_PACKET);
+            assert_eq!(&f.payload[..32], a.key.as_bytes());
+            assert_eq!(&f.payload[32..], &[round, i]);
+        }
+        settle().await;
+        assert_eq!(relay.inner.tasks.len(), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_stops_reading_is_cut_at_the_write_deadline() {
+    let relay = relay();
+    let deadline = relay.inner.config.write_timeout.unwrap();
+    let mut a = connect(&relay, 64 * 1024).await;
+    // A 4 KiB pipe that nobody reads: the writer blocks once it is full.
+    let stalled = connect(&relay, 4096).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..64 {
+        a.send(&ClientToServer::SendPacket {
+            dst: stalled.key,
+            packet: Bytes::from(vec![0u8; 1024]),
+        })
+        .await;
+    }
+    let ended = tokio::time::timeout(deadline * 3, stalled.accept)
+        .await
+        .expect("the stalled connection is closed")
+        .unwrap();
+    assert!(ended.is_ok());
+    let took = started.elapsed();
+    assert!(
+        took >= deadline && took < deadline * 2,
+        "closed after {took:?}, deadline {deadline:?}"
+    );
+    assert_eq!(relay.client_count(), 1, "only the sender is left");
+    // The sender was never slowed: it still gets its Pong at once.
+    a.send(&ClientToServer::Ping([1; 8])).await;
+    assert_eq!(a.reader.read_frame().await.unwrap().ty, FrameType::PONG);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_refuses_new_connections_and_says_restarting() {
+    let relay = relay();
+    let mut c = connect(&relay, 64 * 1024).await;
+    let shutdown = tokio::spawn({
+        let relay = relay.clone();
+        async move {
+            relay
+                .shutdown(Duration::from_secs(5), Duration::from_millis(500))
+                .await
+        }
+    });
+    let f = c.reader.read_frame().await.unwrap();
+    assert_eq!(f.ty, FrameType::RESTARTING);
+    assert!(matches!(relay.phase(), Phase::Draining { .. }));
+    let (server_io, _client_io) = tokio::io::duplex(1024);
+    let meta = ConnMeta::new("127.0.0.1:2".parse().unwrap(), TransportKind::Upgrade);
+    assert!(matches!(
+        relay.accept(server_io, BytesMut::new(), meta).await,
+        Err(AcceptError::Draining)
+    ));
+    shutdown.await.unwrap();
+    assert_eq!(relay.phase(), Phase::Stopped);
+    assert!(c.accept.await.unwrap().is_ok());
+}
