@@ -1,183 +1,33 @@
-//! Command line (named and spelled as Go derper's, so existing unit files work) and the typed
-//! configuration built from it.
+//! Configuration: one typed [`Settings`] tree (defaults < `--config-file` < flags) and the
+//! validated [`ServerConfig`] the server runs with.
+//!
+//! - [`cli`]: the command line, spelled as Go derper's, and the merge.
+//! - [`file`]: reading the TOML config file with errors that name the key.
+//! - [`settings`]: the schema, its defaults (from [`crate::defaults`]) and its checks.
+//! - [`duration`]: Go duration syntax for flags and the file.
+
+mod cli;
+mod duration;
+mod file;
+mod settings;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
 use derp_proto::MeshKey;
 
+pub use self::cli::{Cli, CommandLine, normalize_go_flags};
+pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
+pub use self::settings::{
+    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, PerClientLimits,
+    RelaySettings, ServerSettings, Settings, TlsSettings,
+};
 use crate::defaults;
 use crate::http::HomePage;
 use crate::tls::{CertMode, TlsOptions};
 
-/// A DERP relay server, wire-compatible with Tailscale's derper.
-///
-/// Flags are named as derper's and accept Go's single-dash spelling (`-hostname=x`).
-#[derive(Debug, Parser)]
-#[command(name = "derper", version, about, long_about = None)]
-pub struct Cli {
-    /// Development mode: random key, plain HTTP on 127.0.0.1:3340, STUN on 127.0.0.1:3478.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub dev: bool,
-    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443 or
-    /// --certmode=manual.
-    #[arg(short = 'a', long = "a", default_value = ":443")]
-    pub addr: String,
-    /// Plain-HTTP port served alongside TLS (captive-portal checks, redirects); -1 disables.
-    #[arg(long, default_value_t = 80, allow_negative_numbers = true)]
-    pub http_port: i32,
-    /// Run the STUN server.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
-    pub stun: bool,
-    /// UDP port of the STUN server, bound to the host part of -a.
-    #[arg(long, default_value_t = defaults::STUN_PORT)]
-    pub stun_port: u16,
-    /// STUN listen address (`ip:port`); repeatable; overrides the -a host and --stun-port.
-    #[arg(long = "stun-addr")]
-    pub stun_addr: Vec<SocketAddr>,
-    /// Run the DERP relay; false leaves STUN and probes up and answers /derp with 404.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
-    pub derp: bool,
-    /// Private key file (`{"PrivateKey": "privkey:…"}`), created with mode 0600 if missing.
-    #[arg(short = 'c', long = "c")]
-    pub config_path: Option<PathBuf>,
-    /// Certificate mode: `manual` (files in --certdir; self-signed for an IP --hostname).
-    #[arg(long, default_value = "letsencrypt")]
-    pub certmode: String,
-    /// Directory of `<hostname>.crt` and `<hostname>.key`.
-    #[arg(long)]
-    pub certdir: Option<PathBuf>,
-    /// TLS server name; may be an IP literal with --certmode=manual.
-    #[arg(long, default_value = "derp.tailscale.com")]
-    pub hostname: String,
-    /// Home page: empty for the built-in page, `blank`, or an http(s) URL to redirect to.
-    #[arg(long, default_value = "")]
-    pub home: String,
-    /// File holding the 64-hex-digit mesh key; connections presenting it are mesh peers.
-    #[arg(long)]
-    pub mesh_psk_file: Option<PathBuf>,
-    /// Per-flush write deadline for regular clients (Go duration, `0` disables).
-    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
-    pub tcp_write_timeout: Duration,
-    /// TCP keepalive idle time on accepted connections.
-    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
-    pub tcp_keepalive_time: Duration,
-    /// TCP_USER_TIMEOUT on accepted connections.
-    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
-    pub tcp_user_timeout: Duration,
-
-    /// Prometheus metrics listen address (e.g. 127.0.0.1:9464); off when not set.
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Depth of each client's data and disco queues.
-    #[arg(long, default_value_t = defaults::QUEUE_DEPTH)]
-    pub queue_depth: usize,
-    /// Maximum concurrent TCP connections; default: the open-file limit minus a reserve.
-    #[arg(long)]
-    pub max_connections: Option<usize>,
-
-    // Flags Go derper has that this relay does not implement yet. They are parsed so an existing
-    // unit file gets a clear refusal instead of "unknown flag".
-    #[arg(long, hide = true)]
-    pub mesh_with: Option<String>,
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub verify_clients: bool,
-    #[arg(long, hide = true)]
-    pub verify_client_url: Option<String>,
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
-    pub verify_client_url_fail_open: bool,
-    #[arg(long, hide = true)]
-    pub socket: Option<String>,
-    #[arg(long, hide = true)]
-    pub bootstrap_dns_names: Option<String>,
-    #[arg(long, hide = true)]
-    pub unpublished_bootstrap_dns_names: Option<String>,
-    #[arg(long, hide = true)]
-    pub accept_connection_limit: Option<String>,
-    #[arg(long, hide = true)]
-    pub accept_connection_burst: Option<String>,
-    #[arg(long, hide = true)]
-    pub rate_config: Option<String>,
-    #[arg(long, hide = true)]
-    pub secrets_url: Option<String>,
-    #[arg(long, hide = true)]
-    pub secrets_path_prefix: Option<String>,
-    #[arg(long, hide = true)]
-    pub secrets_cache_dir: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_email: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_eab_kid: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_eab_key: Option<String>,
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub acme_ip_certs: bool,
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub ace: bool,
-}
-
-/// Rewrites Go-style `-name[=value]` flags to `--name[=value]` so clap accepts both spellings.
-/// One-letter flags (`-a`, `-c`) and negative numbers are left alone.
-pub fn normalize_go_flags<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
-    let mut expect_value = false;
-    args.into_iter()
-        .enumerate()
-        .map(|(i, a)| {
-            if i == 0 || expect_value {
-                expect_value = false;
-                return a;
-            }
-            let is_go_long = a.starts_with('-')
-                && !a.starts_with("--")
-                && a.len() > 2
-                && !a.as_bytes()[1].is_ascii_digit()
-                && a.as_bytes()[2] != b'=';
-            // `-a` and `-c` take the next argument as their value, whatever it looks like.
-            expect_value = a == "-a" || a == "-c";
-            if is_go_long { format!("-{a}") } else { a }
-        })
-        .collect()
-}
-
-/// Parses a Go `time.Duration` string (`1h2m3.5s`, `300ms`, `0`).
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration {s:?} is missing a unit (e.g. 2s, 10m)"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("invalid unit {unit:?} in duration {s:?}")),
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
-/// Why the command line does not describe a runnable server.
+/// Why the command line and config file do not describe a runnable server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -189,17 +39,56 @@ pub enum ConfigError {
         /// What to do instead.
         hint: &'static str,
     },
-    /// `-a` did not parse.
-    #[error("invalid listen address -a {0:?}: expected :port, ip:port or [ip6]:port")]
-    BadAddr(String),
-    /// `--certmode` is unknown.
-    #[error("unknown --certmode {0:?}: use manual (letsencrypt and gcp are not supported yet)")]
-    BadCertMode(String),
-    /// `--home` is invalid.
-    #[error("{0}")]
-    BadHome(String),
+    /// A config file key names a feature that is not built yet.
+    #[error("config key `{key}`: {feature} is not implemented yet; {hint}")]
+    NotImplemented {
+        /// Dotted key, e.g. `mesh.peers`.
+        key: &'static str,
+        /// The missing feature.
+        feature: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A setting (from the file or its flag) has a value the relay cannot run with, or
+    /// contradicts another.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `relay.queue_depth`.
+        key: &'static str,
+        /// What is wrong and, where there is one, the flag that sets it.
+        reason: String,
+    },
+    /// The config file could not be read.
+    #[error("config file {}: {source}", .path.display())]
+    ReadFile {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file is not TOML, has an unknown key or a value of the wrong type.
+    #[error(
+        "config file {}, line {line}, column {column}{}: {message}",
+        .path.display(),
+        .key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default()
+    )]
+    ParseFile {
+        /// File.
+        path: PathBuf,
+        /// Dotted key the error is about, when it is about one.
+        key: Option<String>,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// The merged settings could not be written as TOML (`--print-config`).
+    #[error("printing the configuration: {0}")]
+    Print(#[source] toml::ser::Error),
     /// No key file and not root.
-    #[error("-c <key file> is required (or run with --dev for a throwaway key)")]
+    #[error("-c <key file> (server.key_file) is required (or run with --dev for a throwaway key)")]
     MissingKeyFile,
     /// The mesh key file could not be read or parsed.
     #[error("mesh key file {path}: {reason}")]
@@ -209,9 +98,6 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
-    /// `--queue-depth` is zero.
-    #[error("--queue-depth must be at least 1")]
-    ZeroQueueDepth,
 }
 
 /// Where the server's private key comes from.
@@ -223,7 +109,7 @@ pub enum KeySource {
     File(PathBuf),
 }
 
-/// A validated, typed configuration.
+/// A validated, typed configuration: what [`crate::Server::spawn`] runs with.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -245,10 +131,9 @@ pub struct ServerConfig {
     pub mesh_key: Option<MeshKey>,
     /// Prometheus listener.
     pub metrics_addr: Option<SocketAddr>,
-    /// Per-client queue depth.
-    pub queue_depth: usize,
-    /// Regular clients' write deadline (`None`: no deadline).
-    pub write_timeout: Option<Duration>,
+    /// The relay core's queues and deadlines; [`RelaySettings::apply`] maps them onto a
+    /// [`crate::RelayConfig`].
+    pub relay: RelaySettings,
     /// Connection limit (`None`: derived from the open-file limit).
     pub max_connections: Option<usize>,
     /// TCP keepalive idle time.
@@ -258,156 +143,72 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A plain-HTTP configuration on `addr` with an ephemeral key and no STUN, for tests and
-    /// embedding.
+    /// A plain-HTTP configuration on `addr` with an ephemeral key, no STUN and default
+    /// settings otherwise, for tests and embedding.
     pub fn plain(addr: SocketAddr) -> Self {
+        let defaults = Settings::default();
         Self {
             key: KeySource::Ephemeral,
             addr,
             tls: None,
             http_addr: None,
             stun_addrs: Vec::new(),
-            derp_enabled: true,
+            derp_enabled: defaults.server.derp,
             home: HomePage::Default,
             mesh_key: None,
             metrics_addr: None,
-            queue_depth: defaults::QUEUE_DEPTH,
-            write_timeout: Some(defaults::WRITE_TIMEOUT),
+            relay: defaults.relay,
             max_connections: None,
-            tcp_keepalive: Duration::from_secs(600),
-            tcp_user_timeout: Duration::from_secs(15),
+            tcp_keepalive: defaults.listen.tcp_keepalive_time,
+            tcp_user_timeout: defaults.listen.tcp_user_timeout,
         }
     }
 }
 
-fn parse_listen(addr: &str) -> Result<SocketAddr, ConfigError> {
-    if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| ConfigError::BadAddr(addr.into()))?;
-        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
-    }
-    addr.parse().map_err(|_| ConfigError::BadAddr(addr.into()))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-impl Cli {
-    /// Checks the flags and builds a [`ServerConfig`].
-    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
-        let unsupported = |set: bool, flag: &'static str, hint: &'static str| {
-            if set {
-                Err(ConfigError::Unsupported { flag, hint })
-            } else {
-                Ok(())
-            }
-        };
-        unsupported(
-            self.mesh_with.is_some(),
-            "--mesh-with",
-            "outbound mesh peering is planned; inbound mesh peers work with --mesh-psk-file",
-        )?;
-        unsupported(
-            self.verify_clients,
-            "--verify-clients",
-            "client admission is planned",
-        )?;
-        unsupported(
-            self.verify_client_url.is_some(),
-            "--verify-client-url",
-            "client admission is planned",
-        )?;
-        unsupported(
-            self.socket.is_some(),
-            "--socket",
-            "only used with --verify-clients",
-        )?;
-        unsupported(
-            self.bootstrap_dns_names.is_some() || self.unpublished_bootstrap_dns_names.is_some(),
-            "--bootstrap-dns-names",
-            "bootstrap DNS is not served",
-        )?;
-        unsupported(
-            self.accept_connection_limit.is_some() || self.accept_connection_burst.is_some(),
-            "--accept-connection-limit",
-            "use --max-connections",
-        )?;
-        unsupported(
-            self.rate_config.is_some(),
-            "--rate-config",
-            "per-client rate limits are planned",
-        )?;
-        unsupported(
-            self.secrets_url.is_some()
-                || self.secrets_path_prefix.is_some()
-                || self.secrets_cache_dir.is_some(),
-            "--secrets-url",
-            "use --mesh-psk-file",
-        )?;
-        unsupported(
-            self.acme_email.is_some()
-                || self.acme_eab_kid.is_some()
-                || self.acme_eab_key.is_some()
-                || self.acme_ip_certs,
-            "--acme-*",
-            "ACME is planned; use --certmode=manual",
-        )?;
-        unsupported(self.ace, "--ace", "the CONNECT proxy is not offered")?;
-        if self.queue_depth == 0 {
-            return Err(ConfigError::ZeroQueueDepth);
-        }
-
-        let addr_str = if self.dev && self.addr == ":443" {
-            defaults::DEV_ADDR.to_string()
-        } else {
-            self.addr.clone()
-        };
-        let addr = parse_listen(&addr_str)?;
-        let cert_mode = match self.certmode.as_str() {
-            "manual" => CertMode::Manual,
-            "letsencrypt" => CertMode::LetsEncrypt,
-            other => return Err(ConfigError::BadCertMode(other.into())),
-        };
-        let serve_tls = cert_mode == CertMode::Manual || (addr.port() == 443 && !self.dev);
+impl Settings {
+    /// Validates and resolves the settings into a [`ServerConfig`]: derives TLS, the
+    /// companion and STUN addresses and the key source (`dev` allows a throwaway key and
+    /// plain HTTP on port 443), and reads the mesh key file.
+    pub fn into_server_config(self, dev: bool) -> Result<ServerConfig, ConfigError> {
+        self.validate()?;
+        let Self {
+            server,
+            listen,
+            tls,
+            relay,
+            mesh,
+            // Refused by `validate` when set; nothing to carry over yet.
+            admission: _,
+            limits: _,
+        } = self;
+        let addr = parse_listen(&listen.addr)?;
+        let cert_mode = parse_cert_mode(&tls.certmode)?;
+        let serve_tls = cert_mode == CertMode::Manual || (addr.port() == 443 && !dev);
         let tls = serve_tls.then(|| TlsOptions {
             cert_mode,
-            cert_dir: self.certdir.clone().unwrap_or_else(default_cert_dir),
-            hostname: self.hostname.clone(),
+            cert_dir: tls.certdir.unwrap_or_else(default_cert_dir),
+            hostname: tls.hostname,
         });
-        let http_addr = (tls.is_some() && self.http_port >= 0)
-            .then(|| u16::try_from(self.http_port).ok())
+        let http_addr = (tls.is_some() && listen.http_port >= 0)
+            .then(|| u16::try_from(listen.http_port).ok())
             .flatten()
             .map(|p| SocketAddr::new(addr.ip(), p));
-        let stun_addrs = if !self.stun {
+        let stun_addrs = if !listen.stun {
             Vec::new()
-        } else if !self.stun_addr.is_empty() {
-            self.stun_addr.clone()
+        } else if !listen.stun_addrs.is_empty() {
+            listen.stun_addrs
         } else {
-            vec![SocketAddr::new(addr.ip(), self.stun_port)]
+            vec![SocketAddr::new(addr.ip(), listen.stun_port)]
         };
-        let key = match (&self.config_path, self.dev) {
-            (Some(p), _) => KeySource::File(p.clone()),
+        let key = match (server.key_file, dev) {
+            (Some(p), _) => KeySource::File(p),
             (None, true) => KeySource::Ephemeral,
-            (None, false) if is_root() => {
-                KeySource::File(PathBuf::from("/var/lib/derper/derper.key"))
-            }
+            (None, false) if is_root() => KeySource::File(PathBuf::from(defaults::ROOT_KEY_FILE)),
             (None, false) => return Err(ConfigError::MissingKeyFile),
         };
-        let mesh_key = match &self.mesh_psk_file {
+        let mesh_key = match &mesh.psk_file {
             None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::MeshKey {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                Some(text.parse().map_err(|_| ConfigError::MeshKey {
-                    path: path.clone(),
-                    reason: "must contain exactly 64 hex digits".into(),
-                })?)
-            }
+            Some(path) => Some(read_mesh_key(path)?),
         };
         Ok(ServerConfig {
             key,
@@ -415,17 +216,66 @@ impl Cli {
             tls,
             http_addr,
             stun_addrs,
-            derp_enabled: self.derp,
-            home: HomePage::parse(&self.home).map_err(ConfigError::BadHome)?,
+            derp_enabled: server.derp,
+            home: parse_home(&server.home)?,
             mesh_key,
-            metrics_addr: self.metrics_addr,
-            queue_depth: self.queue_depth,
-            write_timeout: (!self.tcp_write_timeout.is_zero()).then_some(self.tcp_write_timeout),
-            max_connections: self.max_connections,
-            tcp_keepalive: self.tcp_keepalive_time,
-            tcp_user_timeout: self.tcp_user_timeout,
+            metrics_addr: listen.metrics_addr,
+            relay,
+            max_connections: listen.max_connections,
+            tcp_keepalive: listen.tcp_keepalive_time,
+            tcp_user_timeout: listen.tcp_user_timeout,
         })
     }
+}
+
+fn read_mesh_key(path: &std::path::Path) -> Result<MeshKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::MeshKey {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    text.parse().map_err(|_| ConfigError::MeshKey {
+        path: path.to_path_buf(),
+        reason: "must contain exactly 64 hex digits".into(),
+    })
+}
+
+fn parse_listen(addr: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: "listen.addr",
+        reason: format!(
+            "invalid listen address (-a) {addr:?}: expected :port, ip:port or [ip6]:port"
+        ),
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+    }
+    addr.parse().map_err(|_| bad())
+}
+
+fn parse_cert_mode(mode: &str) -> Result<CertMode, ConfigError> {
+    match mode {
+        "manual" => Ok(CertMode::Manual),
+        "letsencrypt" => Ok(CertMode::LetsEncrypt),
+        other => Err(ConfigError::Invalid {
+            key: "tls.certmode",
+            reason: format!(
+                "unknown --certmode {other:?}: use manual (letsencrypt and gcp are not supported yet)"
+            ),
+        }),
+    }
+}
+
+fn parse_home(home: &str) -> Result<HomePage, ConfigError> {
+    HomePage::parse(home).map_err(|reason| ConfigError::Invalid {
+        key: "server.home",
+        reason,
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn default_cert_dir() -> PathBuf {
@@ -433,25 +283,41 @@ fn default_cert_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("."));
-    base.join("tailscale").join("derper-certs")
+    base.join(defaults::CERT_DIR_IN_CACHE)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::Write as _;
 
-    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
-        let argv = normalize_go_flags(
+    use super::*;
+    use crate::server::RelayConfig;
+
+    fn cmd(args: &[&str]) -> Result<CommandLine, clap::Error> {
+        CommandLine::try_parse_from(
             std::iter::once("derper")
                 .chain(args.iter().copied())
                 .map(String::from),
-        );
-        Cli::try_parse_from(argv)
+        )
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn settings_with_file(text: &str, flags: &[&str]) -> Result<Settings, ConfigError> {
+        let f = config_file(text);
+        let path = f.path().to_str().unwrap().to_string();
+        let mut args = vec!["--config-file", &path];
+        args.extend_from_slice(flags);
+        cmd(&args).unwrap().settings()
     }
 
     #[test]
     fn accepts_go_spelling() {
-        let c = cli(&[
+        let c = cmd(&[
             "-hostname=127.0.0.1",
             "-certmode",
             "manual",
@@ -461,22 +327,48 @@ mod tests {
             "/tmp/k",
             "-stun=false",
             "-http-port=-1",
+            "-keepalive=30s",
         ])
         .unwrap();
-        assert_eq!(c.hostname, "127.0.0.1");
-        assert_eq!(c.certmode, "manual");
-        assert_eq!(c.addr, ":8443");
-        assert!(!c.stun);
-        assert_eq!(c.http_port, -1);
+        assert_eq!(c.cli().hostname, "127.0.0.1");
+        assert_eq!(c.cli().certmode, "manual");
+        assert_eq!(c.cli().addr, ":8443");
+        assert!(!c.cli().stun);
+        assert_eq!(c.cli().http_port, -1);
         let cfg = c.into_config().unwrap();
         assert!(cfg.tls.is_some());
         assert!(cfg.stun_addrs.is_empty());
         assert!(cfg.http_addr.is_none());
+        assert_eq!(cfg.relay.keepalive, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flag_defaults_are_the_settings_defaults() {
+        let c = cmd(&["-c", "/tmp/k"]).unwrap();
+        let cli = c.cli();
+        let mut expected = Settings::default();
+        expected.server.key_file = Some("/tmp/k".into());
+        expected.tls.certdir = Some(default_cert_dir());
+        assert_eq!(c.settings().unwrap(), expected);
+        // What clap would have produced without the merge agrees with the defaults too.
+        let d = Settings::default();
+        assert_eq!(cli.addr, d.listen.addr);
+        assert_eq!(cli.http_port, d.listen.http_port);
+        assert_eq!(cli.stun_port, d.listen.stun_port);
+        assert_eq!(cli.certmode, d.tls.certmode);
+        assert_eq!(cli.hostname, d.tls.hostname);
+        assert_eq!(cli.queue_depth, d.relay.queue_depth);
+        assert_eq!(Some(cli.tcp_write_timeout.0), d.relay.write_timeout);
+        assert_eq!(cli.keepalive.0, d.relay.keepalive);
+        assert_eq!(cli.handshake_timeout.0, d.relay.handshake_timeout);
+        assert_eq!(cli.mesh_write_timeout.0, d.relay.mesh_write_timeout);
+        assert_eq!(cli.tcp_keepalive_time.0, d.listen.tcp_keepalive_time);
+        assert_eq!(cli.tcp_user_timeout.0, d.listen.tcp_user_timeout);
     }
 
     #[test]
     fn dev_defaults_to_loopback_plain_http_and_stun() {
-        let cfg = cli(&["--dev"]).unwrap().into_config().unwrap();
+        let cfg = cmd(&["--dev"]).unwrap().into_config().unwrap();
         assert_eq!(cfg.addr, "127.0.0.1:3340".parse().unwrap());
         assert!(cfg.tls.is_none());
         assert_eq!(cfg.stun_addrs, vec!["127.0.0.1:3478".parse().unwrap()]);
@@ -485,39 +377,358 @@ mod tests {
 
     #[test]
     fn unbuilt_features_are_refused() {
-        let err = cli(&["-dev", "-mesh-with=a,b"])
+        let err = cmd(&["-dev", "-mesh-with=a,b"])
             .unwrap()
             .into_config()
             .unwrap_err();
         assert!(err.to_string().contains("--mesh-with"));
-        let err = cli(&["-dev", "-verify-clients"])
+        let err = cmd(&["-dev", "-verify-clients"])
             .unwrap()
             .into_config()
             .unwrap_err();
         assert!(err.to_string().contains("--verify-clients"));
-        assert!(cli(&["--no-such-flag"]).is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_go_duration("250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_go_duration("5").is_err());
-        assert!(parse_go_duration("5x").is_err());
+        assert!(cmd(&["--no-such-flag"]).is_err());
     }
 
     #[test]
     fn plain_port_serves_plain_http() {
-        let cfg = cli(&["-a", "127.0.0.1:8080", "-c", "/tmp/k"])
+        let cfg = cmd(&["-a", "127.0.0.1:8080", "-c", "/tmp/k"])
             .unwrap()
             .into_config()
             .unwrap();
         assert!(cfg.tls.is_none());
         assert_eq!(cfg.stun_addrs, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(cfg.relay, RelaySettings::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let file = r#"
+            [server]
+            key_file = "/file/key"
+            home = "blank"
+            derp = false
+            [listen]
+            addr = "127.0.0.1:1000"
+            http_port = 1001
+            stun = false
+            stun_port = 1002
+            metrics_addr = "127.0.0.1:1003"
+            max_connections = 1004
+            tcp_keepalive_time = "1m"
+            tcp_user_timeout = "1s"
+            [tls]
+            certmode = "manual"
+            certdir = "/file/certs"
+            hostname = "file.example"
+            [relay]
+            queue_depth = 1
+            control_queue_depth = 2
+            write_timeout = "1s"
+            mesh_write_timeout = "1s"
+            handshake_timeout = "1s"
+            keepalive = "1s"
+            [mesh]
+            psk_file = "/file/psk"
+        "#;
+        let s = settings_with_file(file, &[]).unwrap();
+        assert_eq!(s.server.key_file, Some("/file/key".into()));
+        assert_eq!(s.listen.addr, "127.0.0.1:1000");
+        assert_eq!(s.relay.queue_depth, 1);
+        assert_eq!(s.relay.control_queue_depth, 2);
+        // Untouched by file and flags: the default.
+        assert_eq!(
+            s.relay.max_conns_per_key,
+            RelaySettings::default().max_conns_per_key
+        );
+
+        let s = settings_with_file(
+            file,
+            &[
+                "-c=/flag/key",
+                "--home=",
+                "--derp=true",
+                "-a=127.0.0.1:2000",
+                "--http-port=2001",
+                "--stun=true",
+                "--stun-port=2002",
+                "--metrics-addr=127.0.0.1:2003",
+                "--max-connections=2004",
+                "--tcp-keepalive-time=2m",
+                "--tcp-user-timeout=2s",
+                "--certmode=letsencrypt",
+                "--certdir=/flag/certs",
+                "--hostname=flag.example",
+                "--queue-depth=3",
+                "--tcp-write-timeout=0",
+                "--mesh-write-timeout=2s",
+                "--handshake-timeout=2s",
+                "--keepalive=2s",
+                "--mesh-psk-file=/flag/psk",
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.server.key_file, Some("/flag/key".into()));
+        assert_eq!(s.server.home, "");
+        assert!(s.server.derp);
+        assert_eq!(s.listen.addr, "127.0.0.1:2000");
+        assert_eq!(s.listen.http_port, 2001);
+        assert!(s.listen.stun);
+        assert_eq!(s.listen.stun_port, 2002);
+        assert_eq!(
+            s.listen.metrics_addr,
+            Some("127.0.0.1:2003".parse().unwrap())
+        );
+        assert_eq!(s.listen.max_connections, Some(2004));
+        assert_eq!(s.listen.tcp_keepalive_time, Duration::from_secs(120));
+        assert_eq!(s.listen.tcp_user_timeout, Duration::from_secs(2));
+        assert_eq!(s.tls.certmode, "letsencrypt");
+        assert_eq!(s.tls.certdir, Some("/flag/certs".into()));
+        assert_eq!(s.tls.hostname, "flag.example");
+        assert_eq!(s.relay.queue_depth, 3);
+        assert_eq!(s.relay.write_timeout, None);
+        assert_eq!(s.relay.mesh_write_timeout, Duration::from_secs(2));
+        assert_eq!(s.relay.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(s.relay.keepalive, Duration::from_secs(2));
+        assert_eq!(s.mesh.psk_file, Some("/flag/psk".into()));
+        // A flag left at its default does not undo the file.
+        assert_eq!(s.relay.control_queue_depth, 2);
+    }
+
+    #[test]
+    fn print_config_parses_back_to_the_same_settings() {
+        for flags in [
+            &[
+                "-c",
+                "/k",
+                "--mesh-psk-file",
+                "/psk",
+                "--tcp-write-timeout=0",
+            ][..],
+            &["--dev"][..],
+            &[
+                "-c",
+                "/k",
+                "--certmode=manual",
+                "--hostname=10.0.0.1",
+                "--stun-addr=127.0.0.1:3478",
+                "--stun-addr=[::1]:3478",
+                "--metrics-addr=127.0.0.1:9464",
+                "--keepalive=1m30s",
+                "--handshake-timeout=2.5s",
+            ][..],
+        ] {
+            let c = cmd(flags).unwrap();
+            let printed = c.render_config().unwrap();
+            let mut again = vec!["--config-file".to_string()];
+            let f = config_file(&printed);
+            again.push(f.path().to_str().unwrap().into());
+            if c.cli().dev {
+                again.push("--dev".into());
+            }
+            let reparsed = cmd(&again.iter().map(String::as_str).collect::<Vec<_>>())
+                .unwrap()
+                .settings()
+                .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(reparsed, c.settings().unwrap(), "{printed}");
+        }
+    }
+
+    #[test]
+    fn print_config_shows_the_psk_path_not_the_key() {
+        let psk = config_file(&"ab".repeat(32));
+        let c = cmd(&["--dev", "--mesh-psk-file", psk.path().to_str().unwrap()]).unwrap();
+        let printed = c.render_config().unwrap();
+        assert!(printed.contains(psk.path().to_str().unwrap()), "{printed}");
+        assert!(!printed.contains("abab"), "{printed}");
+    }
+
+    #[test]
+    fn reserved_sections_are_refused_when_set() {
+        for (file, key) in [
+            ("[mesh]\npeers = [\"derp2.example\"]", "mesh.peers"),
+            ("[mesh]\nallow_plain = true", "mesh.allow_plain"),
+            ("[mesh]\nca_file = \"/ca.pem\"", "mesh.ca_file"),
+            (
+                "[admission]\nverify_client_url = \"https://a.example/\"",
+                "admission.verify_client_url",
+            ),
+            ("[admission]\nfail_open = false", "admission.fail_open"),
+            (
+                "[admission]\nnegative_ttl = \"5s\"",
+                "admission.negative_ttl",
+            ),
+            (
+                "[limits]\naccept_connection_limit = 10.5",
+                "limits.accept_connection_limit",
+            ),
+            (
+                "[limits]\naccept_connection_burst = 20",
+                "limits.accept_connection_burst",
+            ),
+            (
+                "[limits.per_client]\nbytes_per_second = 1000",
+                "limits.per_client.bytes_per_second",
+            ),
+        ] {
+            let err = settings_with_file(file, &["--dev"]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::NotImplemented { key: k, .. } if k == key),
+                "{file}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
+        let err = settings_with_file("[mesh]\npeers = [\"a.example\"]", &["--dev"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `mesh.peers`: outbound mesh is not implemented yet; \
+             inbound mesh peers work with mesh.psk_file (--mesh-psk-file)"
+        );
+        // Present but unset (as --print-config writes them): accepted.
+        settings_with_file(
+            "[mesh]\npeers = []\nallow_plain = false\n[admission]\n[limits]\n",
+            &["--dev"],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reserved_sections_are_checked_before_refusal() {
+        for (file, key) in [
+            ("[mesh]\npeers = [\"a b\"]", "mesh.peers"),
+            ("[mesh]\npeers = [\"a/b/c\"]", "mesh.peers"),
+            (
+                "[admission]\nverify_client_url = \"ftp://x\"",
+                "admission.verify_client_url",
+            ),
+            ("[admission]\ntimeout = \"0s\"", "admission.timeout"),
+            (
+                "[limits]\naccept_connection_limit = -1.0",
+                "limits.accept_connection_limit",
+            ),
+            (
+                "[limits]\naccept_connection_limit = nan",
+                "limits.accept_connection_limit",
+            ),
+            ("[limits.per_client]\nburst = 0", "limits.per_client.burst"),
+        ] {
+            let err = settings_with_file(file, &["--dev"]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{file}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn contradictions_name_the_key() {
+        for (file, flags, key) in [
+            ("[relay]\nqueue_depth = 0", &[][..], "relay.queue_depth"),
+            ("", &["--queue-depth=0"][..], "relay.queue_depth"),
+            (
+                "[relay]\nhandshake_timeout = \"0s\"",
+                &[][..],
+                "relay.handshake_timeout",
+            ),
+            ("", &["--keepalive=0"][..], "relay.keepalive"),
+            (
+                "[relay]\nmesh_write_timeout = \"0\"",
+                &[][..],
+                "relay.mesh_write_timeout",
+            ),
+            (
+                "[relay]\nmax_conns_per_key = 0",
+                &[][..],
+                "relay.max_conns_per_key",
+            ),
+            ("[tls]\nhostname = \"x\"", &["--dev"][..], "tls"),
+            ("[tls]\ncertmode = \"gcp\"", &[][..], "tls.certmode"),
+            ("[listen]\naddr = \"443\"", &[][..], "listen.addr"),
+            ("[server]\nhome = \"nowhere\"", &[][..], "server.home"),
+            (
+                "[listen]\nstun_addrs = [\"127.0.0.1:3478\"]",
+                &["--stun=false"][..],
+                "listen.stun_addrs",
+            ),
+        ] {
+            let mut flags = flags.to_vec();
+            flags.extend(["-c", "/tmp/k"]);
+            let err = settings_with_file(file, &flags).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{file} {flags:?}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_key() {
+        let err = settings_with_file("[relay]\nkeepalive = 60\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`relay.keepalive`"), "{text}");
+        assert!(text.starts_with("config file /"), "{text}");
+        let err = cmd(&["--config-file", "/nonexistent/derper.toml"])
+            .unwrap()
+            .settings()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/derper.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relay_settings_apply_maps_every_field() {
+        let settings = RelaySettings {
+            queue_depth: 1,
+            control_queue_depth: 2,
+            mesh_control_queue_depth: 3,
+            write_timeout: None,
+            mesh_write_timeout: Duration::from_secs(4),
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(6),
+            max_conns_per_key: 7,
+            max_peer_gone_watchers: 8,
+        };
+        let mut config = RelayConfig::new(derp_proto::NodeSecretKey::generate());
+        settings.apply(&mut config);
+        // Destructured without `..`: a field added to RelayConfig fails to compile here until
+        // RelaySettings (or this list of key material) covers it.
+        let RelayConfig {
+            secret: _,
+            mesh_key: _,
+            queue_depth,
+            control_queue_depth,
+            mesh_control_queue_depth,
+            write_timeout,
+            mesh_write_timeout,
+            handshake_timeout,
+            keepalive,
+            max_conns_per_key,
+            max_peer_gone_watchers,
+        } = config;
+        assert_eq!(
+            RelaySettings {
+                queue_depth,
+                control_queue_depth,
+                mesh_control_queue_depth,
+                write_timeout,
+                mesh_write_timeout,
+                handshake_timeout,
+                keepalive,
+                max_conns_per_key,
+                max_peer_gone_watchers,
+            },
+            settings
+        );
+    }
+
+    #[test]
+    fn relay_settings_default_matches_relay_config_new() {
+        let mut config = RelayConfig::new(derp_proto::NodeSecretKey::generate());
+        let before = format!("{config:?}");
+        RelaySettings::default().apply(&mut config);
+        assert_eq!(format!("{config:?}"), before);
     }
 }
