@@ -59,6 +59,47 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// Reconnect hint sent in Restarting at shutdown.
 pub const RESTART_HINT: Duration = Duration::from_secs(5);
 
+/// Serve `/derp` (Go: `-derp true`); off only for a STUN-and-probes-only node.
+pub const SERVE_DERP: bool = true;
+
+/// Home page (Go: `-home ""`): empty means the built-in page that says what this server is.
+pub const HOME_PAGE: &str = "";
+
+/// Run the embedded STUN server (Go: `-stun true`): clients need STUN to find their public
+/// address, and the region's DERP node is where they look for it.
+pub const RUN_STUN: bool = true;
+
+/// Main listener (Go: `-a :443`): HTTPS on all addresses, dual-stack.
+pub const ADDR: &str = ":443";
+
+/// Plain-HTTP companion port served alongside TLS (Go: `-http-port 80`), for captive-portal
+/// checks and redirects to HTTPS.
+pub const HTTP_PORT: i32 = 80;
+
+/// TCP keepalive idle time on accepted connections (Go: `-tcp-keepalive-time 10m`): finds
+/// dead idle connections within minutes without probing idle clients often.
+pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(10 * 60);
+
+/// `TCP_USER_TIMEOUT` on accepted connections (Go: `-tcp-user-timeout 15s`): a peer that
+/// vanished with data in flight is dropped after 15 s instead of Linux's ~15-minute
+/// retransmission give-up.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Certificate mode (Go: `-certmode letsencrypt`). Kept as Go's default so existing command
+/// lines mean the same; this relay refuses it with a clear message until ACME is built.
+pub const CERT_MODE: &str = "letsencrypt";
+
+/// TLS server name (Go: `-hostname derp.tailscale.com`).
+pub const HOSTNAME: &str = "derp.tailscale.com";
+
+/// Certificate directory below the user's cache directory (`$XDG_CACHE_HOME`, else
+/// `$HOME/.cache`), as Go's `-certdir` default `tailscale/derper-certs`.
+pub const CERT_DIR_IN_CACHE: &str = "tailscale/derper-certs";
+
+/// Key file used when running as root without `-c` (Go: the same path), so a packaged
+/// service keeps its identity across restarts.
+pub const ROOT_KEY_FILE: &str = "/var/lib/derper/derper.key";
+
 /// Dev-mode main listener (Go: `:3340`), on loopback so `--dev` exposes nothing.
 pub const DEV_ADDR: &str = "127.0.0.1:3340";
 

@@ -117,8 +117,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let mut relay_config = RelayConfig::new(secret);
         relay_config.mesh_key = config.mesh_key.clone();
-        relay_config.queue_depth = config.queue_depth;
-        relay_config.write_timeout = config.write_timeout;
+        config.relay.apply(&mut relay_config);
         let relay = Relay::new(relay_config, metrics.clone());
 
         let tls = match &config.tls {

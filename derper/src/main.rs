@@ -1,15 +1,28 @@
-//! `derper`: parse flags, set up logging and metrics, run the server until a signal.
+//! `derper`: parse flags and the config file, set up logging and metrics, run the server until
+//! a signal.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use derper::config::normalize_go_flags;
-use derper::{Cli, Server};
+use derper::Server;
+use derper::config::CommandLine;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(normalize_go_flags(std::env::args()));
+    let cmd = CommandLine::try_parse_from(std::env::args()).unwrap_or_else(|e| e.exit());
+    if cmd.print_config() {
+        // Nothing is bound and no secret is read: the merged settings, as a config file.
+        return match cmd.render_config() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("derper: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -17,7 +30,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match cli.into_config() {
+    let config = match cmd.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("derper: {e}");

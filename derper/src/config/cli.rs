@@ -1,0 +1,383 @@
+//! The command line, named and spelled as Go derper's so existing unit files work, and its
+//! merge with the config file: defaults < file < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use super::duration::GoDuration;
+use super::file::ConfigFile;
+use super::settings::{Settings, TlsSettings};
+use super::{ConfigError, ServerConfig};
+use crate::defaults;
+
+/// A DERP relay server, wire-compatible with Tailscale's derper.
+///
+/// Flags are named as derper's and accept Go's single-dash spelling (`-hostname=x`). Flags
+/// given on the command line override the --config-file, which overrides the defaults.
+#[derive(Debug, Parser)]
+#[command(name = "derper", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML config file; see the README. Flags given on the command line override it.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Print the merged configuration (defaults, --config-file, flags) as a config file and
+    /// exit without binding anything.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Development mode: random key, plain HTTP on 127.0.0.1:3340, STUN on 127.0.0.1:3478.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub dev: bool,
+    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443 or
+    /// --certmode=manual.
+    #[arg(short = 'a', long = "a", default_value = defaults::ADDR)]
+    pub addr: String,
+    /// Plain-HTTP port served alongside TLS (captive-portal checks, redirects); -1 disables.
+    #[arg(long, default_value_t = defaults::HTTP_PORT, allow_negative_numbers = true)]
+    pub http_port: i32,
+    /// Run the STUN server.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = defaults::RUN_STUN, default_missing_value = "true")]
+    pub stun: bool,
+    /// UDP port of the STUN server, bound to the host part of -a.
+    #[arg(long, default_value_t = defaults::STUN_PORT)]
+    pub stun_port: u16,
+    /// STUN listen address (`ip:port`); repeatable; overrides the -a host and --stun-port.
+    #[arg(long = "stun-addr")]
+    pub stun_addr: Vec<SocketAddr>,
+    /// Run the DERP relay; false leaves STUN and probes up and answers /derp with 404.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = defaults::SERVE_DERP, default_missing_value = "true")]
+    pub derp: bool,
+    /// Private key file (`{"PrivateKey": "privkey:…"}`), created with mode 0600 if missing.
+    #[arg(short = 'c', long = "c")]
+    pub config_path: Option<PathBuf>,
+    /// Certificate mode: `manual` (files in --certdir; self-signed for an IP --hostname).
+    #[arg(long, default_value = defaults::CERT_MODE)]
+    pub certmode: String,
+    /// Directory of `<hostname>.crt` and `<hostname>.key`.
+    #[arg(long)]
+    pub certdir: Option<PathBuf>,
+    /// TLS server name; may be an IP literal with --certmode=manual.
+    #[arg(long, default_value = defaults::HOSTNAME)]
+    pub hostname: String,
+    /// Home page: empty for the built-in page, `blank`, or an http(s) URL to redirect to.
+    #[arg(long, default_value = defaults::HOME_PAGE)]
+    pub home: String,
+    /// File holding the 64-hex-digit mesh key; connections presenting it are mesh peers.
+    #[arg(long)]
+    pub mesh_psk_file: Option<PathBuf>,
+    /// Per-flush write deadline for regular clients (Go duration, `0` disables).
+    #[arg(long, default_value_t = GoDuration(defaults::WRITE_TIMEOUT))]
+    pub tcp_write_timeout: GoDuration,
+    /// Per-flush write deadline for mesh peers (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::MESH_WRITE_TIMEOUT))]
+    pub mesh_write_timeout: GoDuration,
+    /// Time a client has to complete the DERP handshake (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout: GoDuration,
+    /// Period of KeepAlive frames to clients, before jitter (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::KEEPALIVE))]
+    pub keepalive: GoDuration,
+    /// TCP keepalive idle time on accepted connections.
+    #[arg(long, default_value_t = GoDuration(defaults::TCP_KEEPALIVE_TIME))]
+    pub tcp_keepalive_time: GoDuration,
+    /// TCP_USER_TIMEOUT on accepted connections.
+    #[arg(long, default_value_t = GoDuration(defaults::TCP_USER_TIMEOUT))]
+    pub tcp_user_timeout: GoDuration,
+
+    /// Prometheus metrics listen address (e.g. 127.0.0.1:9464); off when not set.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Depth of each client's data and disco queues.
+    #[arg(long, default_value_t = defaults::QUEUE_DEPTH)]
+    pub queue_depth: usize,
+    /// Maximum concurrent TCP connections; default: the open-file limit minus a reserve.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+
+    // Flags Go derper has that this relay does not implement yet. They are parsed so an existing
+    // unit file gets a clear refusal instead of "unknown flag".
+    #[arg(long, hide = true)]
+    pub mesh_with: Option<String>,
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub verify_clients: bool,
+    #[arg(long, hide = true)]
+    pub verify_client_url: Option<String>,
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub verify_client_url_fail_open: bool,
+    #[arg(long, hide = true)]
+    pub socket: Option<String>,
+    #[arg(long, hide = true)]
+    pub bootstrap_dns_names: Option<String>,
+    #[arg(long, hide = true)]
+    pub unpublished_bootstrap_dns_names: Option<String>,
+    #[arg(long, hide = true)]
+    pub accept_connection_limit: Option<String>,
+    #[arg(long, hide = true)]
+    pub accept_connection_burst: Option<String>,
+    #[arg(long, hide = true)]
+    pub rate_config: Option<String>,
+    #[arg(long, hide = true)]
+    pub secrets_url: Option<String>,
+    #[arg(long, hide = true)]
+    pub secrets_path_prefix: Option<String>,
+    #[arg(long, hide = true)]
+    pub secrets_cache_dir: Option<String>,
+    #[arg(long, hide = true)]
+    pub acme_email: Option<String>,
+    #[arg(long, hide = true)]
+    pub acme_eab_kid: Option<String>,
+    #[arg(long, hide = true)]
+    pub acme_eab_key: Option<String>,
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub acme_ip_certs: bool,
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ace: bool,
+}
+
+/// Rewrites Go-style `-name[=value]` flags to `--name[=value]` so clap accepts both spellings.
+/// One-letter flags (`-a`, `-c`) and negative numbers are left alone.
+pub fn normalize_go_flags<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    let mut expect_value = false;
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i == 0 || expect_value {
+                expect_value = false;
+                return a;
+            }
+            let is_go_long = a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && !a.as_bytes()[1].is_ascii_digit()
+                && a.as_bytes()[2] != b'=';
+            // `-a` and `-c` take the next argument as their value, whatever it looks like.
+            expect_value = a == "-a" || a == "-c";
+            if is_go_long { format!("-{a}") } else { a }
+        })
+        .collect()
+}
+
+/// The parsed command line, knowing which flags the operator wrote (and so override the
+/// config file) and which only carry clap's default.
+#[derive(Debug)]
+pub struct CommandLine {
+    cli: Cli,
+    matches: ArgMatches,
+}
+
+impl CommandLine {
+    /// Parses `args` (program name first), accepting Go's single-dash spelling.
+    pub fn try_parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Self, clap::Error> {
+        let matches = Cli::command().try_get_matches_from(normalize_go_flags(args))?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        Ok(Self { cli, matches })
+    }
+
+    /// The flags, defaults included.
+    pub fn cli(&self) -> &Cli {
+        &self.cli
+    }
+
+    /// `--print-config` was given.
+    pub fn print_config(&self) -> bool {
+        self.cli.print_config
+    }
+
+    /// Defaults, overlaid with the config file, overlaid with the flags given; validated.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.cli.refuse_unbuilt()?;
+        let mut settings = match &self.cli.config_file {
+            None => Settings::default(),
+            Some(path) => {
+                let file = ConfigFile::load(path)?;
+                if self.cli.dev && file.sets_tls {
+                    return Err(ConfigError::Invalid {
+                        key: "tls",
+                        reason: format!(
+                            "--dev serves plain HTTP with a throwaway key, but {} sets [tls]; \
+                             drop --dev or the [tls] section",
+                            path.display()
+                        ),
+                    });
+                }
+                file.settings
+            }
+        };
+        self.overlay(&mut settings);
+        if self.cli.dev && settings.listen.addr == defaults::ADDR {
+            settings.listen.addr = defaults::DEV_ADDR.into();
+        }
+        if settings.tls.certdir.is_none() {
+            settings.tls.certdir = Some(super::default_cert_dir());
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The merged configuration as a config file, for `--print-config`. With `--dev` and no
+    /// TLS settings the `[tls]` section is left out, so the output can be fed back with
+    /// `--dev`. Secrets are not read: the mesh key appears as its file's path.
+    pub fn render_config(&self) -> Result<String, ConfigError> {
+        let settings = self.settings()?;
+        let mut table = toml::Table::try_from(&settings).map_err(ConfigError::Print)?;
+        let tls_is_default = settings.tls
+            == TlsSettings {
+                certdir: settings.tls.certdir.clone(),
+                ..Default::default()
+            };
+        if self.cli.dev && tls_is_default {
+            table.remove("tls");
+        }
+        toml::to_string_pretty(&table).map_err(ConfigError::Print)
+    }
+
+    /// Merges, validates and builds the [`ServerConfig`] (reading the mesh key file).
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        self.settings()?.into_server_config(self.cli.dev)
+    }
+
+    /// Whether flag `id` (its field name) was written on the command line rather than
+    /// defaulted.
+    fn given(&self, id: &str) -> bool {
+        matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    }
+
+    /// Writes the flags the operator gave over `s`.
+    fn overlay(&self, s: &mut Settings) {
+        let c = &self.cli;
+        if let Some(path) = &c.config_path {
+            s.server.key_file = Some(path.clone());
+        }
+        if self.given("derp") {
+            s.server.derp = c.derp;
+        }
+        if self.given("home") {
+            s.server.home = c.home.clone();
+        }
+        if self.given("addr") {
+            s.listen.addr = c.addr.clone();
+        }
+        if self.given("http_port") {
+            s.listen.http_port = c.http_port;
+        }
+        if self.given("stun") {
+            s.listen.stun = c.stun;
+        }
+        if self.given("stun_port") {
+            s.listen.stun_port = c.stun_port;
+        }
+        if !c.stun_addr.is_empty() {
+            s.listen.stun_addrs = c.stun_addr.clone();
+        }
+        if let Some(addr) = c.metrics_addr {
+            s.listen.metrics_addr = Some(addr);
+        }
+        if let Some(n) = c.max_connections {
+            s.listen.max_connections = Some(n);
+        }
+        if self.given("tcp_keepalive_time") {
+            s.listen.tcp_keepalive_time = c.tcp_keepalive_time.0;
+        }
+        if self.given("tcp_user_timeout") {
+            s.listen.tcp_user_timeout = c.tcp_user_timeout.0;
+        }
+        if self.given("certmode") {
+            s.tls.certmode = c.certmode.clone();
+        }
+        if let Some(dir) = &c.certdir {
+            s.tls.certdir = Some(dir.clone());
+        }
+        if self.given("hostname") {
+            s.tls.hostname = c.hostname.clone();
+        }
+        if self.given("queue_depth") {
+            s.relay.queue_depth = c.queue_depth;
+        }
+        if self.given("tcp_write_timeout") {
+            let d = c.tcp_write_timeout.0;
+            s.relay.write_timeout = (!d.is_zero()).then_some(d);
+        }
+        if self.given("mesh_write_timeout") {
+            s.relay.mesh_write_timeout = c.mesh_write_timeout.0;
+        }
+        if self.given("handshake_timeout") {
+            s.relay.handshake_timeout = c.handshake_timeout.0;
+        }
+        if self.given("keepalive") {
+            s.relay.keepalive = c.keepalive.0;
+        }
+        if let Some(path) = &c.mesh_psk_file {
+            s.mesh.psk_file = Some(path.clone());
+        }
+    }
+}
+
+impl Cli {
+    /// Refuses flags Go derper has and this relay does not implement yet, so an existing unit
+    /// file fails clearly instead of running without them.
+    fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
+        let unsupported = |set: bool, flag: &'static str, hint: &'static str| {
+            if set {
+                Err(ConfigError::Unsupported { flag, hint })
+            } else {
+                Ok(())
+            }
+        };
+        unsupported(
+            self.mesh_with.is_some(),
+            "--mesh-with",
+            "outbound mesh peering is planned; inbound mesh peers work with --mesh-psk-file",
+        )?;
+        unsupported(
+            self.verify_clients,
+            "--verify-clients",
+            "client admission is planned",
+        )?;
+        unsupported(
+            self.verify_client_url.is_some(),
+            "--verify-client-url",
+            "client admission is planned",
+        )?;
+        unsupported(
+            self.socket.is_some(),
+            "--socket",
+            "only used with --verify-clients",
+        )?;
+        unsupported(
+            self.bootstrap_dns_names.is_some() || self.unpublished_bootstrap_dns_names.is_some(),
+            "--bootstrap-dns-names",
+            "bootstrap DNS is not served",
+        )?;
+        unsupported(
+            self.accept_connection_limit.is_some() || self.accept_connection_burst.is_some(),
+            "--accept-connection-limit",
+            "use --max-connections",
+        )?;
+        unsupported(
+            self.rate_config.is_some(),
+            "--rate-config",
+            "per-client rate limits are planned",
+        )?;
+        unsupported(
+            self.secrets_url.is_some()
+                || self.secrets_path_prefix.is_some()
+                || self.secrets_cache_dir.is_some(),
+            "--secrets-url",
+            "use --mesh-psk-file",
+        )?;
+        unsupported(
+            self.acme_email.is_some()
+                || self.acme_eab_kid.is_some()
+                || self.acme_eab_key.is_some()
+                || self.acme_ip_certs,
+            "--acme-*",
+            "ACME is planned; use --certmode=manual",
+        )?;
+        unsupported(self.ace, "--ace", "the CONNECT proxy is not offered")
+    }
+}

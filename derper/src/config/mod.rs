@@ -1,0 +1,290 @@
+//! Configuration: one typed [`Settings`] tree (defaults < `--config-file` < flags) and the
+//! validated [`ServerConfig`] the server runs with.
+//!
+//! - [`cli`]: the command line, spelled as Go derper's, and the merge.
+//! - [`file`]: reading the TOML config file with errors that name the key.
+//! - [`settings`]: the schema, its defaults (from [`crate::defaults`]) and its checks.
+//! - [`duration`]: Go duration syntax for flags and the file.
+
+mod cli;
+mod duration;
+mod file;
+mod settings;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use derp_proto::MeshKey;
+
+pub use self::cli::{Cli, CommandLine, normalize_go_flags};
+pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
+pub use self::settings::{
+    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, PerClientLimits,
+    RelaySettings, ServerSettings, Settings, TlsSettings,
+};
+use crate::defaults;
+use crate::http::HomePage;
+use crate::tls::{CertMode, TlsOptions};
+
+/// Why the command line and config file do not describe a runnable server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A flag that Go derper has and this relay does not implement yet.
+    #[error("{flag} is not supported yet by this relay ({hint})")]
+    Unsupported {
+        /// The flag as the operator wrote it.
+        flag: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A config file key names a feature that is not built yet.
+    #[error("config key `{key}`: {feature} is not implemented yet; {hint}")]
+    NotImplemented {
+        /// Dotted key, e.g. `mesh.peers`.
+        key: &'static str,
+        /// The missing feature.
+        feature: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A setting (from the file or its flag) has a value the relay cannot run with, or
+    /// contradicts another.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `relay.queue_depth`.
+        key: &'static str,
+        /// What is wrong and, where there is one, the flag that sets it.
+        reason: String,
+    },
+    /// The config file could not be read.
+    #[error("config file {}: {source}", .path.display())]
+    ReadFile {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file is not TOML, has an unknown key or a value of the wrong type.
+    #[error(
+        "config file {}, line {line}, column {column}{}: {message}",
+        .path.display(),
+        .key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default()
+    )]
+    ParseFile {
+        /// File.
+        path: PathBuf,
+        /// Dotted key the error is about, when it is about one.
+        key: Option<String>,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// The merged settings could not be written as TOML (`--print-config`).
+    #[error("printing the configuration: {0}")]
+    Print(#[source] toml::ser::Error),
+    /// No key file and not root.
+    #[error("-c <key file> (server.key_file) is required (or run with --dev for a throwaway key)")]
+    MissingKeyFile,
+    /// The mesh key file could not be read or parsed.
+    #[error("mesh key file {path}: {reason}")]
+    MeshKey {
+        /// File.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Where the server's private key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A throwaway key (dev mode).
+    Ephemeral,
+    /// derper's JSON key file, created if missing.
+    File(PathBuf),
+}
+
+/// A validated, typed configuration: what [`crate::Server::spawn`] runs with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Private key source.
+    pub key: KeySource,
+    /// Main listener.
+    pub addr: SocketAddr,
+    /// TLS on the main listener, if any.
+    pub tls: Option<TlsOptions>,
+    /// Port-80 companion listener (only with TLS).
+    pub http_addr: Option<SocketAddr>,
+    /// STUN listen addresses (empty: no STUN).
+    pub stun_addrs: Vec<SocketAddr>,
+    /// Whether `/derp` is served.
+    pub derp_enabled: bool,
+    /// Home page behaviour.
+    pub home: HomePage,
+    /// Mesh pre-shared key.
+    pub mesh_key: Option<MeshKey>,
+    /// Prometheus listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The relay core's queues and deadlines; [`RelaySettings::apply`] maps them onto a
+    /// [`crate::RelayConfig`].
+    pub relay: RelaySettings,
+    /// Connection limit (`None`: derived from the open-file limit).
+    pub max_connections: Option<usize>,
+    /// TCP keepalive idle time.
+    pub tcp_keepalive: Duration,
+    /// TCP_USER_TIMEOUT.
+    pub tcp_user_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// A plain-HTTP configuration on `addr` with an ephemeral key, no STUN and default
+    /// settings otherwise, for tests and embedding.
+    pub fn plain(addr: SocketAddr) -> Self {
+        let defaults = Settings::default();
+        Self {
+            key: KeySource::Ephemeral,
+            addr,
+            tls: None,
+            http_addr: None,
+            stun_addrs: Vec::new(),
+            derp_enabled: defaults.server.derp,
+            home: HomePage::Default,
+            mesh_key: None,
+            metrics_addr: None,
+            relay: defaults.relay,
+            max_connections: None,
+            tcp_keepalive: defaults.listen.tcp_keepalive_time,
+            tcp_user_timeout: defaults.listen.tcp_user_timeout,
+        }
+    }
+}
+
+impl Settings {
+    /// Validates and resolves the settings into a [`ServerConfig`]: derives TLS, the
+    /// companion and STUN addresses and the key source (`dev` allows a throwaway key and
+    /// plain HTTP on port 443), and reads the mesh key file.
+    pub fn into_server_config(self, dev: bool) -> Result<ServerConfig, ConfigError> {
+        self.validate()?;
+        let Self {
+            server,
+            listen,
+            tls,
+            relay,
+            mesh,
+            // Refused by `validate` when set; nothing to carry over yet.
+            admission: _,
+            limits: _,
+        } = self;
+        let addr = parse_listen(&listen.addr)?;
+        let cert_mode = parse_cert_mode(&tls.certmode)?;
+        let serve_tls = cert_mode == CertMode::Manual || (addr.port() == 443 && !dev);
+        let tls = serve_tls.then(|| TlsOptions {
+            cert_mode,
+            cert_dir: tls.certdir.unwrap_or_else(default_cert_dir),
+            hostname: tls.hostname,
+        });
+        let http_addr = (tls.is_some() && listen.http_port >= 0)
+            .then(|| u16::try_from(listen.http_port).ok())
+            .flatten()
+            .map(|p| SocketAddr::new(addr.ip(), p));
+        let stun_addrs = if !listen.stun {
+            Vec::new()
+        } else if !listen.stun_addrs.is_empty() {
+            listen.stun_addrs
+        } else {
+            vec![SocketAddr::new(addr.ip(), listen.stun_port)]
+        };
+        let key = match (server.key_file, dev) {
+            (Some(p), _) => KeySource::File(p),
+            (None, true) => KeySource::Ephemeral,
+            (None, false) if is_root() => KeySource::File(PathBuf::from(defaults::ROOT_KEY_FILE)),
+            (None, false) => return Err(ConfigError::MissingKeyFile),
+        };
+        let mesh_key = match &mesh.psk_file {
+            None => None,
+            Some(path) => Some(read_mesh_key(path)?),
+        };
+        Ok(ServerConfig {
+            key,
+            addr,
+            tls,
+            http_addr,
+            stun_addrs,
+            derp_enabled: server.derp,
+            home: parse_home(&server.home)?,
+            mesh_key,
+            metrics_addr: listen.metrics_addr,
+            relay,
+            max_connections: listen.max_connections,
+            tcp_keepalive: listen.tcp_keepalive_time,
+            tcp_user_timeout: listen.tcp_user_timeout,
+        })
+    }
+}
+
+fn read_mesh_key(path: &std::path::Path) -> Result<MeshKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::MeshKey {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    text.parse().map_err(|_| ConfigError::MeshKey {
+        path: path.to_path_buf(),
+        reason: "must contain exactly 64 hex digits".into(),
+    })
+}
+
+fn parse_listen(addr: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: "listen.addr",
+        reason: format!(
+            "invalid listen address (-a) {addr:?}: expected :port, ip:port or [ip6]:port"
+        ),
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+    }
+    addr.parse().map_err(|_| bad())
+}
+
+fn parse_cert_mode(mode: &str) -> Result<CertMode, ConfigError> {
+    match mode {
+        "manual" => Ok(CertMode::Manual),
+        "letsencrypt" => Ok(CertMode::LetsEncrypt),
+        other => Err(ConfigError::Invalid {
+            key: "tls.certmode",
+            reason: format!(
+                "unknown --certmode {other:?}: use manual (letsencrypt and gcp are not supported yet)"
+            ),
+        }),
+    }
+}
+
+fn parse_home(home: &str) -> Result<HomePage, ConfigError> {
+    HomePage::parse(home).map_err(|reason| ConfigError::Invalid {
+        key: "server.home",
+        reason,
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn default_cert_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join(defaults::CERT_DIR_IN_CACHE)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,502 @@
+//! The configuration schema: what `--config-file` accepts and `--print-config` prints.
+//!
+//! Every section denies unknown keys and fills missing ones from [`crate::defaults`].
+//! Durations are Go duration strings (`"2s"`, `"1m30s"`). The `[mesh]` peer keys,
+//! `[admission]` and `[limits]` describe features that are not built yet: they are parsed and
+//! checked now, and setting them is refused at start-up rather than silently ignored.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use super::duration::{go_duration, opt_go_duration, zero_disables};
+use crate::defaults;
+use crate::server::RelayConfig;
+
+/// Every setting of the relay process, grouped as the config file's sections.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Settings {
+    /// `[server]`: identity and what the HTTP side serves.
+    pub server: ServerSettings,
+    /// `[listen]`: sockets and connection limits.
+    pub listen: ListenSettings,
+    /// `[tls]`: certificates for the main listener.
+    pub tls: TlsSettings,
+    /// `[relay]`: the relay core's queues and deadlines.
+    pub relay: RelaySettings,
+    /// `[mesh]`: the mesh key and (not built yet) outbound peers.
+    pub mesh: MeshSettings,
+    /// `[admission]`: client verification (not built yet).
+    pub admission: AdmissionSettings,
+    /// `[limits]`: accept and per-client rate limits (not built yet).
+    pub limits: LimitsSettings,
+}
+
+/// `[server]`: identity and what the HTTP side serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerSettings {
+    /// `-c`: derper's JSON private key file, created with mode 0600 if missing. Unset: a
+    /// throwaway key with `--dev`, [`defaults::ROOT_KEY_FILE`] as root, else an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `--derp`: serve `/derp`; false leaves STUN and probes up and answers `/derp` with 404.
+    pub derp: bool,
+    /// `--home`: empty for the built-in page, `blank`, or an http(s) URL to redirect to.
+    pub home: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            derp: defaults::SERVE_DERP,
+            home: defaults::HOME_PAGE.into(),
+        }
+    }
+}
+
+/// `[listen]`: sockets and connection limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenSettings {
+    /// `-a`: main listener (`:port`, `ip:port`, `[ip6]:port`); TLS when the port is 443 or
+    /// `tls.certmode = "manual"`.
+    pub addr: String,
+    /// `--http-port`: plain-HTTP companion port when TLS is on; negative disables it.
+    pub http_port: i32,
+    /// `--stun`: run the STUN server.
+    pub stun: bool,
+    /// `--stun-port`: STUN UDP port, bound to the host part of `addr`.
+    pub stun_port: u16,
+    /// `--stun-addr`: STUN listen addresses; when not empty they replace `addr`'s host and
+    /// `stun_port`.
+    pub stun_addrs: Vec<SocketAddr>,
+    /// `--metrics-addr`: Prometheus listener; off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--max-connections`: concurrent TCP connections; unset: the open-file limit minus
+    /// [`defaults::FD_RESERVE`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// `--tcp-keepalive-time`: TCP keepalive idle time on accepted connections.
+    #[serde(with = "go_duration")]
+    pub tcp_keepalive_time: Duration,
+    /// `--tcp-user-timeout`: `TCP_USER_TIMEOUT` on accepted connections.
+    #[serde(with = "go_duration")]
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        Self {
+            addr: defaults::ADDR.into(),
+            http_port: defaults::HTTP_PORT,
+            stun: defaults::RUN_STUN,
+            stun_port: defaults::STUN_PORT,
+            stun_addrs: Vec::new(),
+            metrics_addr: None,
+            max_connections: None,
+            tcp_keepalive_time: defaults::TCP_KEEPALIVE_TIME,
+            tcp_user_timeout: defaults::TCP_USER_TIMEOUT,
+        }
+    }
+}
+
+/// `[tls]`: certificates for the main listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// `--certmode`: `manual` (files in `certdir`, self-signed for an IP `hostname`);
+    /// `letsencrypt` is refused until ACME is built.
+    pub certmode: String,
+    /// `--certdir`: directory of `<hostname>.crt` and `<hostname>.key`; unset: the user's
+    /// cache directory joined with [`defaults::CERT_DIR_IN_CACHE`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certdir: Option<PathBuf>,
+    /// `--hostname`: TLS server name; may be an IP literal with `certmode = "manual"`.
+    pub hostname: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            certmode: defaults::CERT_MODE.into(),
+            certdir: None,
+            hostname: defaults::HOSTNAME.into(),
+        }
+    }
+}
+
+/// `[relay]`: every tunable of the relay core ([`RelayConfig`] minus its key material).
+///
+/// [`RelaySettings::apply`] is the one place these become a [`RelayConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RelaySettings {
+    /// `--queue-depth`: depth of each client's data and disco queues.
+    pub queue_depth: usize,
+    /// Depth of each regular client's control queue (PeerGone, Restarting).
+    pub control_queue_depth: usize,
+    /// Depth of each mesh peer's control queue (a PeerPresent per connected key on
+    /// WatchConns).
+    pub mesh_control_queue_depth: usize,
+    /// `--tcp-write-timeout`: per-flush write deadline for regular clients; `"0s"` (`None`)
+    /// disables it.
+    #[serde(with = "zero_disables")]
+    pub write_timeout: Option<Duration>,
+    /// `--mesh-write-timeout`: per-flush write deadline for mesh peers.
+    #[serde(with = "go_duration")]
+    pub mesh_write_timeout: Duration,
+    /// `--handshake-timeout`: time a client has to complete the handshake.
+    #[serde(with = "go_duration")]
+    pub handshake_timeout: Duration,
+    /// `--keepalive`: KeepAlive frame period before jitter.
+    #[serde(with = "go_duration")]
+    pub keepalive: Duration,
+    /// Connections allowed per key.
+    pub max_conns_per_key: usize,
+    /// Receivers remembered per sender for PeerGone.
+    pub max_peer_gone_watchers: usize,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            queue_depth: defaults::QUEUE_DEPTH,
+            control_queue_depth: defaults::CONTROL_QUEUE_DEPTH,
+            mesh_control_queue_depth: defaults::MESH_CONTROL_QUEUE_DEPTH,
+            write_timeout: Some(defaults::WRITE_TIMEOUT),
+            mesh_write_timeout: defaults::MESH_WRITE_TIMEOUT,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            keepalive: defaults::KEEPALIVE,
+            max_conns_per_key: defaults::MAX_CONNS_PER_KEY,
+            max_peer_gone_watchers: defaults::MAX_PEER_GONE_WATCHERS,
+        }
+    }
+}
+
+impl RelaySettings {
+    /// Writes every setting into `config`, leaving its key material (secret, mesh key) alone.
+    /// The only place where settings are mapped onto the relay core's config.
+    pub fn apply(&self, config: &mut RelayConfig) {
+        // Destructured without `..` so that a new setting cannot be forgotten here.
+        let Self {
+            queue_depth,
+            control_queue_depth,
+            mesh_control_queue_depth,
+            write_timeout,
+            mesh_write_timeout,
+            handshake_timeout,
+            keepalive,
+            max_conns_per_key,
+            max_peer_gone_watchers,
+        } = *self;
+        config.queue_depth = queue_depth;
+        config.control_queue_depth = control_queue_depth;
+        config.mesh_control_queue_depth = mesh_control_queue_depth;
+        config.write_timeout = write_timeout;
+        config.mesh_write_timeout = mesh_write_timeout;
+        config.handshake_timeout = handshake_timeout;
+        config.keepalive = keepalive;
+        config.max_conns_per_key = max_conns_per_key;
+        config.max_peer_gone_watchers = max_peer_gone_watchers;
+    }
+
+    /// Refuses values the relay cannot run with, naming the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("relay.queue_depth", self.queue_depth),
+            ("relay.control_queue_depth", self.control_queue_depth),
+            (
+                "relay.mesh_control_queue_depth",
+                self.mesh_control_queue_depth,
+            ),
+            ("relay.max_conns_per_key", self.max_conns_per_key),
+            ("relay.max_peer_gone_watchers", self.max_peer_gone_watchers),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value, why) in [
+            (
+                "relay.handshake_timeout",
+                self.handshake_timeout,
+                "every handshake would time out",
+            ),
+            (
+                "relay.keepalive",
+                self.keepalive,
+                "the writer would send KeepAlive frames back to back",
+            ),
+            (
+                "relay.mesh_write_timeout",
+                self.mesh_write_timeout,
+                "every mesh write would time out; it cannot be disabled",
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, format!("must be more than 0 ({why})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[mesh]`: the mesh key, and outbound peering (not built yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MeshSettings {
+    /// `--mesh-psk-file`: file holding the 64-hex-digit mesh key; connections presenting it
+    /// are mesh peers. Only the path is ever printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// Not built yet. Peers to dial, each in `--mesh-with` syntax: `host` or
+    /// `host/dial-host`.
+    pub peers: Vec<String>,
+    /// Not built yet. Dial peers over plain HTTP instead of TLS.
+    pub allow_plain: bool,
+    /// Not built yet. CA bundle that peer certificates must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl MeshSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for peer in &self.peers {
+            let mut parts = peer.split('/');
+            let well_formed = parts.all(|p| !p.is_empty() && !p.contains(char::is_whitespace))
+                && peer.matches('/').count() <= 1;
+            if !well_formed {
+                return Err(invalid(
+                    "mesh.peers",
+                    format!("{peer:?} is not `host` or `host/dial-host`"),
+                ));
+            }
+        }
+        const OUTBOUND: Unbuilt = (
+            "outbound mesh",
+            "inbound mesh peers work with mesh.psk_file (--mesh-psk-file)",
+        );
+        refuse(!self.peers.is_empty(), "mesh.peers", OUTBOUND)?;
+        refuse(self.allow_plain, "mesh.allow_plain", OUTBOUND)?;
+        refuse(self.ca_file.is_some(), "mesh.ca_file", OUTBOUND)
+    }
+}
+
+/// `[admission]`: verifying clients before they may connect (not built yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdmissionSettings {
+    /// Not built yet. URL asked whether a client key may connect (Go:
+    /// `-verify-client-url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_client_url: Option<String>,
+    /// Not built yet. Admit clients when the URL cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<bool>,
+    /// Not built yet. Deadline for one verification request.
+    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Not built yet. How long an admission is cached.
+    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    pub positive_ttl: Option<Duration>,
+    /// Not built yet. How long a refusal is cached.
+    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    pub negative_ttl: Option<Duration>,
+    /// Not built yet. File holding the bearer token sent to the URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Not built yet. How often connected clients are verified again.
+    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    pub reverify_interval: Option<Duration>,
+}
+
+impl AdmissionSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.verify_client_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "admission.verify_client_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        for (key, value) in [
+            ("admission.timeout", self.timeout),
+            ("admission.positive_ttl", self.positive_ttl),
+            ("admission.negative_ttl", self.negative_ttl),
+            ("admission.reverify_interval", self.reverify_interval),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        const ADMISSION: Unbuilt = ("client admission", "remove the [admission] keys");
+        let Self {
+            verify_client_url,
+            fail_open,
+            timeout,
+            positive_ttl,
+            negative_ttl,
+            bearer_token_file,
+            reverify_interval,
+        } = self;
+        refuse(
+            verify_client_url.is_some(),
+            "admission.verify_client_url",
+            ADMISSION,
+        )?;
+        refuse(fail_open.is_some(), "admission.fail_open", ADMISSION)?;
+        refuse(timeout.is_some(), "admission.timeout", ADMISSION)?;
+        refuse(positive_ttl.is_some(), "admission.positive_ttl", ADMISSION)?;
+        refuse(negative_ttl.is_some(), "admission.negative_ttl", ADMISSION)?;
+        refuse(
+            bearer_token_file.is_some(),
+            "admission.bearer_token_file",
+            ADMISSION,
+        )?;
+        refuse(
+            reverify_interval.is_some(),
+            "admission.reverify_interval",
+            ADMISSION,
+        )
+    }
+}
+
+/// `[limits]`: rate limits on accepting connections and on each client (not built yet).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsSettings {
+    /// Not built yet. New connections accepted per second (Go:
+    /// `-accept-connection-limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_connection_limit: Option<f64>,
+    /// Not built yet. Burst of connections above the rate (Go: `-accept-connection-burst`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_connection_burst: Option<u32>,
+    /// `[limits.per_client]`: not built yet.
+    pub per_client: PerClientLimits,
+}
+
+/// `[limits.per_client]`: a token bucket on the bytes each client sends (not built yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PerClientLimits {
+    /// Not built yet. Sustained bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// Not built yet. Bucket size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+impl LimitsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(rate) = self.accept_connection_limit
+            && (rate.is_nan() || rate <= 0.0)
+        {
+            return Err(invalid(
+                "limits.accept_connection_limit",
+                "must be a positive number of connections per second",
+            ));
+        }
+        for (key, is_zero) in [
+            (
+                "limits.accept_connection_burst",
+                self.accept_connection_burst == Some(0),
+            ),
+            (
+                "limits.per_client.bytes_per_second",
+                self.per_client.bytes_per_second == Some(0),
+            ),
+            ("limits.per_client.burst", self.per_client.burst == Some(0)),
+        ] {
+            if is_zero {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        const ACCEPT: Unbuilt = (
+            "accept rate limiting",
+            "bound connections with listen.max_connections",
+        );
+        const PER_CLIENT: Unbuilt = ("per-client rate limiting", "remove the key");
+        refuse(
+            self.accept_connection_limit.is_some(),
+            "limits.accept_connection_limit",
+            ACCEPT,
+        )?;
+        refuse(
+            self.accept_connection_burst.is_some(),
+            "limits.accept_connection_burst",
+            ACCEPT,
+        )?;
+        refuse(
+            self.per_client.bytes_per_second.is_some(),
+            "limits.per_client.bytes_per_second",
+            PER_CLIENT,
+        )?;
+        refuse(
+            self.per_client.burst.is_some(),
+            "limits.per_client.burst",
+            PER_CLIENT,
+        )
+    }
+}
+
+impl Settings {
+    /// Refuses contradictions and keys of features that are not built yet, naming the key.
+    /// Reads no files: the mesh key is loaded by [`Settings::into_server_config`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        super::parse_listen(&self.listen.addr)?;
+        if !self.listen.stun && !self.listen.stun_addrs.is_empty() {
+            return Err(invalid(
+                "listen.stun_addrs",
+                "is set but listen.stun (--stun) is false",
+            ));
+        }
+        super::parse_cert_mode(&self.tls.certmode)?;
+        super::parse_home(&self.server.home)?;
+        self.relay.validate()?;
+        self.mesh.validate()?;
+        self.admission.validate()?;
+        self.limits.validate()
+    }
+
+    /// The settings as a config file (TOML, the schema this module accepts).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(ConfigError::Print)
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A feature that is not built yet, and what to do instead.
+type Unbuilt = (&'static str, &'static str);
+
+fn refuse(set: bool, key: &'static str, (feature, hint): Unbuilt) -> Result<(), ConfigError> {
+    if set {
+        Err(ConfigError::NotImplemented { key, feature, hint })
+    } else {
+        Ok(())
+    }
+}

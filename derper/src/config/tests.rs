@@ -1,0 +1,445 @@
+//! Merge, precedence, print-config and validation of the whole configuration.
+
+use std::io::Write as _;
+
+use super::*;
+use crate::server::RelayConfig;
+
+fn cmd(args: &[&str]) -> Result<CommandLine, clap::Error> {
+    CommandLine::try_parse_from(
+        std::iter::once("derper")
+            .chain(args.iter().copied())
+            .map(String::from),
+    )
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn settings_with_file(text: &str, flags: &[&str]) -> Result<Settings, ConfigError> {
+    let f = config_file(text);
+    let path = f.path().to_str().unwrap().to_string();
+    let mut args = vec!["--config-file", &path];
+    args.extend_from_slice(flags);
+    cmd(&args).unwrap().settings()
+}
+
+#[test]
+fn accepts_go_spelling() {
+    let c = cmd(&[
+        "-hostname=127.0.0.1",
+        "-certmode",
+        "manual",
+        "-a",
+        ":8443",
+        "-c",
+        "/tmp/k",
+        "-stun=false",
+        "-http-port=-1",
+        "-keepalive=30s",
+    ])
+    .unwrap();
+    assert_eq!(c.cli().hostname, "127.0.0.1");
+    assert_eq!(c.cli().certmode, "manual");
+    assert_eq!(c.cli().addr, ":8443");
+    assert!(!c.cli().stun);
+    assert_eq!(c.cli().http_port, -1);
+    let cfg = c.into_config().unwrap();
+    assert!(cfg.tls.is_some());
+    assert!(cfg.stun_addrs.is_empty());
+    assert!(cfg.http_addr.is_none());
+    assert_eq!(cfg.relay.keepalive, Duration::from_secs(30));
+}
+
+#[test]
+fn flag_defaults_are_the_settings_defaults() {
+    let c = cmd(&["-c", "/tmp/k"]).unwrap();
+    let cli = c.cli();
+    let mut expected = Settings::default();
+    expected.server.key_file = Some("/tmp/k".into());
+    expected.tls.certdir = Some(default_cert_dir());
+    assert_eq!(c.settings().unwrap(), expected);
+    // What clap would have produced without the merge agrees with the defaults too.
+    let d = Settings::default();
+    assert_eq!(cli.addr, d.listen.addr);
+    assert_eq!(cli.http_port, d.listen.http_port);
+    assert_eq!(cli.stun_port, d.listen.stun_port);
+    assert_eq!(cli.certmode, d.tls.certmode);
+    assert_eq!(cli.hostname, d.tls.hostname);
+    assert_eq!(cli.queue_depth, d.relay.queue_depth);
+    assert_eq!(Some(cli.tcp_write_timeout.0), d.relay.write_timeout);
+    assert_eq!(cli.keepalive.0, d.relay.keepalive);
+    assert_eq!(cli.handshake_timeout.0, d.relay.handshake_timeout);
+    assert_eq!(cli.mesh_write_timeout.0, d.relay.mesh_write_timeout);
+    assert_eq!(cli.tcp_keepalive_time.0, d.listen.tcp_keepalive_time);
+    assert_eq!(cli.tcp_user_timeout.0, d.listen.tcp_user_timeout);
+}
+
+#[test]
+fn dev_defaults_to_loopback_plain_http_and_stun() {
+    let cfg = cmd(&["--dev"]).unwrap().into_config().unwrap();
+    assert_eq!(cfg.addr, "127.0.0.1:3340".parse().unwrap());
+    assert!(cfg.tls.is_none());
+    assert_eq!(cfg.stun_addrs, vec!["127.0.0.1:3478".parse().unwrap()]);
+    assert!(matches!(cfg.key, KeySource::Ephemeral));
+}
+
+#[test]
+fn unbuilt_features_are_refused() {
+    let err = cmd(&["-dev", "-mesh-with=a,b"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.to_string().contains("--mesh-with"));
+    let err = cmd(&["-dev", "-verify-clients"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.to_string().contains("--verify-clients"));
+    assert!(cmd(&["--no-such-flag"]).is_err());
+}
+
+#[test]
+fn plain_port_serves_plain_http() {
+    let cfg = cmd(&["-a", "127.0.0.1:8080", "-c", "/tmp/k"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert!(cfg.tls.is_none());
+    assert_eq!(cfg.stun_addrs, vec!["127.0.0.1:3478".parse().unwrap()]);
+    assert_eq!(cfg.relay, RelaySettings::default());
+}
+
+#[test]
+fn file_overrides_defaults_and_flags_override_file() {
+    let file = r#"
+        [server]
+        key_file = "/file/key"
+        home = "blank"
+        derp = false
+        [listen]
+        addr = "127.0.0.1:1000"
+        http_port = 1001
+        stun = false
+        stun_port = 1002
+        metrics_addr = "127.0.0.1:1003"
+        max_connections = 1004
+        tcp_keepalive_time = "1m"
+        tcp_user_timeout = "1s"
+        [tls]
+        certmode = "manual"
+        certdir = "/file/certs"
+        hostname = "file.example"
+        [relay]
+        queue_depth = 1
+        control_queue_depth = 2
+        write_timeout = "1s"
+        mesh_write_timeout = "1s"
+        handshake_timeout = "1s"
+        keepalive = "1s"
+        [mesh]
+        psk_file = "/file/psk"
+    "#;
+    let s = settings_with_file(file, &[]).unwrap();
+    assert_eq!(s.server.key_file, Some("/file/key".into()));
+    assert_eq!(s.listen.addr, "127.0.0.1:1000");
+    assert_eq!(s.relay.queue_depth, 1);
+    assert_eq!(s.relay.control_queue_depth, 2);
+    // Untouched by file and flags: the default.
+    assert_eq!(
+        s.relay.max_conns_per_key,
+        RelaySettings::default().max_conns_per_key
+    );
+
+    let s = settings_with_file(
+        file,
+        &[
+            "-c=/flag/key",
+            "--home=",
+            "--derp=true",
+            "-a=127.0.0.1:2000",
+            "--http-port=2001",
+            "--stun=true",
+            "--stun-port=2002",
+            "--metrics-addr=127.0.0.1:2003",
+            "--max-connections=2004",
+            "--tcp-keepalive-time=2m",
+            "--tcp-user-timeout=2s",
+            "--certmode=letsencrypt",
+            "--certdir=/flag/certs",
+            "--hostname=flag.example",
+            "--queue-depth=3",
+            "--tcp-write-timeout=0",
+            "--mesh-write-timeout=2s",
+            "--handshake-timeout=2s",
+            "--keepalive=2s",
+            "--mesh-psk-file=/flag/psk",
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.server.key_file, Some("/flag/key".into()));
+    assert_eq!(s.server.home, "");
+    assert!(s.server.derp);
+    assert_eq!(s.listen.addr, "127.0.0.1:2000");
+    assert_eq!(s.listen.http_port, 2001);
+    assert!(s.listen.stun);
+    assert_eq!(s.listen.stun_port, 2002);
+    assert_eq!(
+        s.listen.metrics_addr,
+        Some("127.0.0.1:2003".parse().unwrap())
+    );
+    assert_eq!(s.listen.max_connections, Some(2004));
+    assert_eq!(s.listen.tcp_keepalive_time, Duration::from_secs(120));
+    assert_eq!(s.listen.tcp_user_timeout, Duration::from_secs(2));
+    assert_eq!(s.tls.certmode, "letsencrypt");
+    assert_eq!(s.tls.certdir, Some("/flag/certs".into()));
+    assert_eq!(s.tls.hostname, "flag.example");
+    assert_eq!(s.relay.queue_depth, 3);
+    assert_eq!(s.relay.write_timeout, None);
+    assert_eq!(s.relay.mesh_write_timeout, Duration::from_secs(2));
+    assert_eq!(s.relay.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(s.relay.keepalive, Duration::from_secs(2));
+    assert_eq!(s.mesh.psk_file, Some("/flag/psk".into()));
+    // A flag left at its default does not undo the file.
+    assert_eq!(s.relay.control_queue_depth, 2);
+}
+
+#[test]
+fn print_config_parses_back_to_the_same_settings() {
+    for flags in [
+        &[
+            "-c",
+            "/k",
+            "--mesh-psk-file",
+            "/psk",
+            "--tcp-write-timeout=0",
+        ][..],
+        &["--dev"][..],
+        &[
+            "-c",
+            "/k",
+            "--certmode=manual",
+            "--hostname=10.0.0.1",
+            "--stun-addr=127.0.0.1:3478",
+            "--stun-addr=[::1]:3478",
+            "--metrics-addr=127.0.0.1:9464",
+            "--keepalive=1m30s",
+            "--handshake-timeout=2.5s",
+        ][..],
+    ] {
+        let c = cmd(flags).unwrap();
+        let printed = c.render_config().unwrap();
+        let mut again = vec!["--config-file".to_string()];
+        let f = config_file(&printed);
+        again.push(f.path().to_str().unwrap().into());
+        if c.cli().dev {
+            again.push("--dev".into());
+        }
+        let reparsed = cmd(&again.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap()
+            .settings()
+            .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(reparsed, c.settings().unwrap(), "{printed}");
+    }
+}
+
+#[test]
+fn print_config_shows_the_psk_path_not_the_key() {
+    let psk = config_file(&"ab".repeat(32));
+    let c = cmd(&["--dev", "--mesh-psk-file", psk.path().to_str().unwrap()]).unwrap();
+    let printed = c.render_config().unwrap();
+    assert!(printed.contains(psk.path().to_str().unwrap()), "{printed}");
+    assert!(!printed.contains("abab"), "{printed}");
+}
+
+#[test]
+fn reserved_sections_are_refused_when_set() {
+    for (file, key) in [
+        ("[mesh]\npeers = [\"derp2.example\"]", "mesh.peers"),
+        ("[mesh]\nallow_plain = true", "mesh.allow_plain"),
+        ("[mesh]\nca_file = \"/ca.pem\"", "mesh.ca_file"),
+        (
+            "[admission]\nverify_client_url = \"https://a.example/\"",
+            "admission.verify_client_url",
+        ),
+        ("[admission]\nfail_open = false", "admission.fail_open"),
+        (
+            "[admission]\nnegative_ttl = \"5s\"",
+            "admission.negative_ttl",
+        ),
+        (
+            "[limits]\naccept_connection_limit = 10.5",
+            "limits.accept_connection_limit",
+        ),
+        (
+            "[limits]\naccept_connection_burst = 20",
+            "limits.accept_connection_burst",
+        ),
+        (
+            "[limits.per_client]\nbytes_per_second = 1000",
+            "limits.per_client.bytes_per_second",
+        ),
+    ] {
+        let err = settings_with_file(file, &["--dev"]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::NotImplemented { key: k, .. } if k == key),
+            "{file}: {err}"
+        );
+        assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+    }
+    let err = settings_with_file("[mesh]\npeers = [\"a.example\"]", &["--dev"]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config key `mesh.peers`: outbound mesh is not implemented yet; \
+         inbound mesh peers work with mesh.psk_file (--mesh-psk-file)"
+    );
+    // Present but unset (as --print-config writes them): accepted.
+    settings_with_file(
+        "[mesh]\npeers = []\nallow_plain = false\n[admission]\n[limits]\n",
+        &["--dev"],
+    )
+    .unwrap();
+}
+
+#[test]
+fn reserved_sections_are_checked_before_refusal() {
+    for (file, key) in [
+        ("[mesh]\npeers = [\"a b\"]", "mesh.peers"),
+        ("[mesh]\npeers = [\"a/b/c\"]", "mesh.peers"),
+        (
+            "[admission]\nverify_client_url = \"ftp://x\"",
+            "admission.verify_client_url",
+        ),
+        ("[admission]\ntimeout = \"0s\"", "admission.timeout"),
+        (
+            "[limits]\naccept_connection_limit = -1.0",
+            "limits.accept_connection_limit",
+        ),
+        (
+            "[limits]\naccept_connection_limit = nan",
+            "limits.accept_connection_limit",
+        ),
+        ("[limits.per_client]\nburst = 0", "limits.per_client.burst"),
+    ] {
+        let err = settings_with_file(file, &["--dev"]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+            "{file}: {err}"
+        );
+    }
+}
+
+#[test]
+fn contradictions_name_the_key() {
+    for (file, flags, key) in [
+        ("[relay]\nqueue_depth = 0", &[][..], "relay.queue_depth"),
+        ("", &["--queue-depth=0"][..], "relay.queue_depth"),
+        (
+            "[relay]\nhandshake_timeout = \"0s\"",
+            &[][..],
+            "relay.handshake_timeout",
+        ),
+        ("", &["--keepalive=0"][..], "relay.keepalive"),
+        (
+            "[relay]\nmesh_write_timeout = \"0\"",
+            &[][..],
+            "relay.mesh_write_timeout",
+        ),
+        (
+            "[relay]\nmax_conns_per_key = 0",
+            &[][..],
+            "relay.max_conns_per_key",
+        ),
+        ("[tls]\nhostname = \"x\"", &["--dev"][..], "tls"),
+        ("[tls]\ncertmode = \"gcp\"", &[][..], "tls.certmode"),
+        ("[listen]\naddr = \"443\"", &[][..], "listen.addr"),
+        ("[server]\nhome = \"nowhere\"", &[][..], "server.home"),
+        (
+            "[listen]\nstun_addrs = [\"127.0.0.1:3478\"]",
+            &["--stun=false"][..],
+            "listen.stun_addrs",
+        ),
+    ] {
+        let mut flags = flags.to_vec();
+        flags.extend(["-c", "/tmp/k"]);
+        let err = settings_with_file(file, &flags).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+            "{file} {flags:?}: {err}"
+        );
+        assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+    }
+}
+
+#[test]
+fn file_errors_name_the_file_and_key() {
+    let err = settings_with_file("[relay]\nkeepalive = 60\n", &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("`relay.keepalive`"), "{text}");
+    assert!(text.starts_with("config file /"), "{text}");
+    let err = cmd(&["--config-file", "/nonexistent/derper.toml"])
+        .unwrap()
+        .settings()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/derper.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn relay_settings_apply_maps_every_field() {
+    let settings = RelaySettings {
+        queue_depth: 1,
+        control_queue_depth: 2,
+        mesh_control_queue_depth: 3,
+        write_timeout: None,
+        mesh_write_timeout: Duration::from_secs(4),
+        handshake_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(6),
+        max_conns_per_key: 7,
+        max_peer_gone_watchers: 8,
+    };
+    let mut config = RelayConfig::new(derp_proto::NodeSecretKey::generate());
+    settings.apply(&mut config);
+    // Destructured without `..`: a field added to RelayConfig fails to compile here until
+    // RelaySettings (or this list of key material) covers it.
+    let RelayConfig {
+        secret: _,
+        mesh_key: _,
+        queue_depth,
+        control_queue_depth,
+        mesh_control_queue_depth,
+        write_timeout,
+        mesh_write_timeout,
+        handshake_timeout,
+        keepalive,
+        max_conns_per_key,
+        max_peer_gone_watchers,
+    } = config;
+    assert_eq!(
+        RelaySettings {
+            queue_depth,
+            control_queue_depth,
+            mesh_control_queue_depth,
+            write_timeout,
+            mesh_write_timeout,
+            handshake_timeout,
+            keepalive,
+            max_conns_per_key,
+            max_peer_gone_watchers,
+        },
+        settings
+    );
+}
+
+#[test]
+fn relay_settings_default_matches_relay_config_new() {
+    let mut config = RelayConfig::new(derp_proto::NodeSecretKey::generate());
+    let before = format!("{config:?}");
+    RelaySettings::default().apply(&mut config);
+    assert_eq!(format!("{config:?}"), before);
+}
