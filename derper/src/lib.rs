@@ -117,7 +117,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let mut relay_config = RelayConfig::new(secret);
         relay_config.mesh_key = config.mesh_key.clone();
-        config.relay.apply(&mut relay_config);
+        relay_config.settings = config.relay;
         let relay = Relay::new(relay_config, metrics.clone());
 
         let tls = match &config.tls {

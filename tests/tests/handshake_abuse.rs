@@ -62,7 +62,7 @@ async fn malformed_client_info_is_closed_and_others_unaffected() {
 async fn silent_client_is_cut_at_the_handshake_deadline() {
     // The default deadline (10 s) on paused time, driven over an in-memory pipe.
     let config = derper::RelayConfig::new(derp_proto::NodeSecretKey::generate());
-    let deadline = config.handshake_timeout;
+    let deadline = config.settings.handshake_timeout;
     let started = tokio::time::Instant::now();
     let relay = derper::Relay::new(config, std::sync::Arc::new(derper::metrics::Metrics::new()));
     let (server_io, mut client_io) = tokio::io::duplex(4096);

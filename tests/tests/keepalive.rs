@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 #[tokio::test(start_paused = true)]
 async fn idle_client_gets_keepalives() {
     let config = derper::RelayConfig::new(NodeSecretKey::generate());
-    let period = config.keepalive;
+    let period = config.settings.keepalive;
     let relay = derper::Relay::new(config, Arc::new(derper::metrics::Metrics::new()));
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     let meta = derper::relay::ConnMeta::new(

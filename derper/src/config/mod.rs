@@ -131,8 +131,7 @@ pub struct ServerConfig {
     pub mesh_key: Option<MeshKey>,
     /// Prometheus listener.
     pub metrics_addr: Option<SocketAddr>,
-    /// The relay core's queues and deadlines; [`RelaySettings::apply`] maps them onto a
-    /// [`crate::RelayConfig`].
+    /// The relay core's queues and deadlines; [`crate::RelayConfig`] embeds them whole.
     pub relay: RelaySettings,
     /// Connection limit (`None`: derived from the open-file limit).
     pub max_connections: Option<usize>,

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use super::duration::{go_duration, opt_go_duration, zero_disables};
 use crate::defaults;
-use crate::server::RelayConfig;
 
 /// Every setting of the relay process, grouped as the config file's sections.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -138,7 +137,7 @@ impl Default for TlsSettings {
 
 /// `[relay]`: every tunable of the relay core ([`RelayConfig`] minus its key material).
 ///
-/// [`RelaySettings::apply`] is the one place these become a [`RelayConfig`].
+/// [`RelayConfig`](crate::relay::RelayConfig) embeds it whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -167,6 +166,8 @@ pub struct RelaySettings {
     pub max_conns_per_key: usize,
     /// Receivers remembered per sender for PeerGone.
     pub max_peer_gone_watchers: usize,
+    /// Mesh links that may announce one key.
+    pub max_forwarders_per_key: usize,
 }
 
 impl Default for RelaySettings {
@@ -181,37 +182,12 @@ impl Default for RelaySettings {
             keepalive: defaults::KEEPALIVE,
             max_conns_per_key: defaults::MAX_CONNS_PER_KEY,
             max_peer_gone_watchers: defaults::MAX_PEER_GONE_WATCHERS,
+            max_forwarders_per_key: defaults::MAX_FORWARDERS_PER_KEY,
         }
     }
 }
 
 impl RelaySettings {
-    /// Writes every setting into `config`, leaving its key material (secret, mesh key) alone.
-    /// The only place where settings are mapped onto the relay core's config.
-    pub fn apply(&self, config: &mut RelayConfig) {
-        // Destructured without `..` so that a new setting cannot be forgotten here.
-        let Self {
-            queue_depth,
-            control_queue_depth,
-            mesh_control_queue_depth,
-            write_timeout,
-            mesh_write_timeout,
-            handshake_timeout,
-            keepalive,
-            max_conns_per_key,
-            max_peer_gone_watchers,
-        } = *self;
-        config.queue_depth = queue_depth;
-        config.control_queue_depth = control_queue_depth;
-        config.mesh_control_queue_depth = mesh_control_queue_depth;
-        config.write_timeout = write_timeout;
-        config.mesh_write_timeout = mesh_write_timeout;
-        config.handshake_timeout = handshake_timeout;
-        config.keepalive = keepalive;
-        config.max_conns_per_key = max_conns_per_key;
-        config.max_peer_gone_watchers = max_peer_gone_watchers;
-    }
-
     /// Refuses values the relay cannot run with, naming the key.
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
@@ -223,6 +199,7 @@ impl RelaySettings {
             ),
             ("relay.max_conns_per_key", self.max_conns_per_key),
             ("relay.max_peer_gone_watchers", self.max_peer_gone_watchers),
+            ("relay.max_forwarders_per_key", self.max_forwarders_per_key),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -31,7 +31,7 @@ where
         let frame = reader.read_frame().await?;
         Ok::<_, AcceptError>(handshake::read_client_info(&relay.secret, &frame)?)
     };
-    match tokio::time::timeout(relay.config.handshake_timeout, exchange).await {
+    match tokio::time::timeout(relay.config.settings.handshake_timeout, exchange).await {
         Err(_) => {
             relay.metrics.handshake_failed(HandshakeFailure::Timeout);
             Err(AcceptError::Timeout)

@@ -43,10 +43,11 @@ pub use forward::{ForwardOutcome, Forwarder, ForwarderHandle, LinkId};
 pub use lifecycle::{Lifecycle, Phase};
 use registry::{Registry, RegistryLimits};
 
-use crate::defaults;
+use crate::config::RelaySettings;
 use crate::metrics::{HandshakeFailure, Metrics};
 
-/// Settings of the relay core.
+/// Settings of the relay core: its identity, and the tunables the config file's `[relay]`
+/// section holds (embedded whole, so nothing is copied field by field).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RelayConfig {
@@ -54,44 +55,17 @@ pub struct RelayConfig {
     pub secret: NodeSecretKey,
     /// Mesh pre-shared key; connections that present it are privileged.
     pub mesh_key: Option<MeshKey>,
-    /// Depth of each client's data and disco queues.
-    pub queue_depth: usize,
-    /// Depth of each regular client's control queue (PeerGone, Restarting).
-    pub control_queue_depth: usize,
-    /// Depth of each mesh peer's control queue (a PeerPresent per connected key on WatchConns).
-    pub mesh_control_queue_depth: usize,
-    /// Per-flush write deadline for regular clients; `None` disables it.
-    pub write_timeout: Option<Duration>,
-    /// Per-flush write deadline for mesh peers.
-    pub mesh_write_timeout: Duration,
-    /// Time a client has to complete the handshake.
-    pub handshake_timeout: Duration,
-    /// KeepAlive period before jitter.
-    pub keepalive: Duration,
-    /// Connections allowed per key.
-    pub max_conns_per_key: usize,
-    /// Receivers remembered per sender for PeerGone.
-    pub max_peer_gone_watchers: usize,
-    /// Mesh links that may announce one key.
-    pub max_forwarders_per_key: usize,
+    /// Queues, deadlines and bounds, with defaults from [`crate::defaults`].
+    pub settings: RelaySettings,
 }
 
 impl RelayConfig {
-    /// Defaults from [`defaults`] with the given key.
+    /// Default settings with the given key.
     pub fn new(secret: NodeSecretKey) -> Self {
         Self {
             secret,
             mesh_key: None,
-            queue_depth: defaults::QUEUE_DEPTH,
-            control_queue_depth: defaults::CONTROL_QUEUE_DEPTH,
-            mesh_control_queue_depth: defaults::MESH_CONTROL_QUEUE_DEPTH,
-            write_timeout: Some(defaults::WRITE_TIMEOUT),
-            mesh_write_timeout: defaults::MESH_WRITE_TIMEOUT,
-            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
-            keepalive: defaults::KEEPALIVE,
-            max_conns_per_key: defaults::MAX_CONNS_PER_KEY,
-            max_peer_gone_watchers: defaults::MAX_PEER_GONE_WATCHERS,
-            max_forwarders_per_key: defaults::MAX_FORWARDERS_PER_KEY,
+            settings: RelaySettings::default(),
         }
     }
 }
@@ -181,9 +155,9 @@ impl Inner {
     /// The per-flush write deadline for a connection.
     pub(crate) fn write_timeout(&self, is_mesh: bool) -> Option<Duration> {
         if is_mesh {
-            Some(self.config.mesh_write_timeout)
+            Some(self.config.settings.mesh_write_timeout)
         } else {
-            self.config.write_timeout
+            self.config.settings.write_timeout
         }
     }
 
@@ -210,9 +184,9 @@ impl Relay {
     /// Builds a relay.
     pub fn new(config: RelayConfig, metrics: Arc<Metrics>) -> Self {
         let limits = RegistryLimits {
-            max_conns_per_key: config.max_conns_per_key,
-            max_peer_gone_watchers: config.max_peer_gone_watchers,
-            max_forwarders_per_key: config.max_forwarders_per_key,
+            max_conns_per_key: config.settings.max_conns_per_key,
+            max_peer_gone_watchers: config.settings.max_peer_gone_watchers,
+            max_forwarders_per_key: config.settings.max_forwarders_per_key,
         };
         Self {
             inner: Arc::new(Inner {
@@ -323,11 +297,11 @@ impl Relay {
             admitted.flags,
             admitted.is_mesh,
             QueueDepths {
-                packets: inner.config.queue_depth,
+                packets: inner.config.settings.queue_depth,
                 control: if admitted.is_mesh {
-                    inner.config.mesh_control_queue_depth
+                    inner.config.settings.mesh_control_queue_depth
                 } else {
-                    inner.config.control_queue_depth
+                    inner.config.settings.control_queue_depth
                 },
             },
             inner.shutdown.child_token(),
@@ -373,7 +347,7 @@ impl Relay {
                 });
                 // Jitter spreads keepalives of clients that connected together (Go: [0, 5 s)).
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..5000));
-                let keepalive = inner.config.keepalive + jitter;
+                let keepalive = inner.config.settings.keepalive + jitter;
                 let result = reader::run(inner, &conn, &mut reader, keepalive).await;
                 match result {
                     Err(e) => log_conn_end(&ConnEnd::Read(e)),

@@ -117,7 +117,7 @@ async fn packets_flow_and_the_writer_parks_between_bursts() {
 #[tokio::test(start_paused = true)]
 async fn a_receiver_that_stops_reading_is_cut_at_the_write_deadline() {
     let relay = relay();
-    let deadline = relay.inner.config.write_timeout.unwrap();
+    let deadline = relay.inner.config.settings.write_timeout.unwrap();
     let mut a = connect(&relay, 64 * 1024).await;
     // A 4 KiB pipe that nobody reads: the writer blocks once it is full.
     let stalled = connect(&relay, 4096).await;
