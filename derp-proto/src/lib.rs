@@ -12,6 +12,7 @@
 //!
 //! Everything here works on byte slices and buffers: no sockets, no clocks, no global state.
 //! The `tokio` feature adds thin async adapters and a client in [`io`].
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod consts;
