@@ -13,11 +13,14 @@
 //! Certificate facts DERP needs (the relay's metacert, `sha256-raw:` pins) are in [`cert`],
 //! also without a TLS stack.
 //!
+//! Reconnect [`backoff`] is a state machine that takes `now` (and randomness) from the caller.
+//!
 //! Everything here works on byte slices and buffers: no sockets, no clocks, no global state.
 //! The `tokio` feature adds thin async adapters and a client in [`io`].
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backoff;
 pub mod cert;
 pub mod consts;
 pub mod disco;
