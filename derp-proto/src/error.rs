@@ -75,7 +75,4 @@ pub enum HandshakeError {
     /// A mesh key in ClientInfo was not 64 hex digits.
     #[error("invalid mesh key in client info")]
     BadMeshKey,
-    /// The state machine was fed a frame after it finished or failed.
-    #[error("handshake already finished")]
-    Finished,
 }

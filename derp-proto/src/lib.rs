@@ -10,10 +10,19 @@
 //!                                 └──► handshake::{read_client_info, read_server_key, …}
 //! ```
 //!
+//! Certificate facts DERP needs (the relay's metacert, `sha256-raw:` pins) are in [`cert`],
+//! also without a TLS stack.
+//!
+//! Reconnect [`backoff`] and the mesh watcher's [`mesh::WatchSet`] are state machines that take
+//! `now` (and randomness) from the caller.
+//!
 //! Everything here works on byte slices and buffers: no sockets, no clocks, no global state.
 //! The `tokio` feature adds thin async adapters and a client in [`io`].
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backoff;
+pub mod cert;
 pub mod consts;
 pub mod disco;
 mod error;
@@ -22,6 +31,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod key;
+pub mod mesh;
 pub mod stun;
 
 pub use error::{DecodeError, HandshakeError};

@@ -15,7 +15,7 @@
 //! * With a DNS `--hostname`, a ClientHello whose SNI is not that hostname (including no SNI) is
 //!   refused, as Go's `manualCertManager.getCertificate` does; with an IP hostname any SNI is
 //!   served.
-//! * Every chain ends with the metacert (see [`derp_proto::io::tls::server_key_from_certs`]).
+//! * Every chain ends with the metacert (see [`derp_proto::cert::server_key_from_certs`]).
 //!
 //! The ring provider is passed explicitly; the process-wide default is never consulted.
 
@@ -27,7 +27,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use derp_proto::io::tls::{METACERT_CN_PREFIX, parse_cert_summary, pin_cert_name};
+use derp_proto::cert::der::{DerReader, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE};
+use derp_proto::cert::{METACERT_CN_PREFIX, parse_cert_summary, pin_cert_name};
 use rcgen::{
     CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -673,14 +674,14 @@ fn pem(label: &str, der: &[u8]) -> String {
 /// `ECPrivateKey` omits, hence the rebuild rather than a copy.
 fn p256_sec1_from_pkcs8(pkcs8: &[u8], public_point: &[u8]) -> Option<Vec<u8>> {
     // PrivateKeyInfo ::= SEQUENCE { version, algorithm SEQUENCE, privateKey OCTET STRING }
-    let (info, _) = der_tlv(pkcs8, 0x30)?;
-    let (_, rest) = der_tlv(info, 0x02)?;
-    let (_, rest) = der_tlv(rest, 0x30)?;
-    let (ec_private_key, _) = der_tlv(rest, 0x04)?;
+    let mut info = DerReader::new(DerReader::new(pkcs8).expect(TAG_SEQUENCE)?);
+    info.expect(TAG_INTEGER)?;
+    info.expect(TAG_SEQUENCE)?;
+    let ec_private_key = info.expect(TAG_OCTET_STRING)?;
     // ECPrivateKey ::= SEQUENCE { version INTEGER, privateKey OCTET STRING, ... }
-    let (ec, _) = der_tlv(ec_private_key, 0x30)?;
-    let (_, rest) = der_tlv(ec, 0x02)?;
-    let (scalar, _) = der_tlv(rest, 0x04)?;
+    let mut ec = DerReader::new(DerReader::new(ec_private_key).expect(TAG_SEQUENCE)?);
+    ec.expect(TAG_INTEGER)?;
+    let scalar = ec.expect(TAG_OCTET_STRING)?;
     if scalar.len() != 32 || public_point.len() != 65 || public_point[0] != 0x04 {
         return None;
     }
@@ -696,25 +697,6 @@ fn p256_sec1_from_pkcs8(pkcs8: &[u8], public_point: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
     out.extend_from_slice(public_point);
     Some(out)
-}
-
-/// Splits one DER TLV with `tag` off `input`: `(contents, rest)`. Lengths up to 2 octets.
-fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = input.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = match first {
-        0x00..=0x7f => usize::from(first),
-        0x81 | 0x82 => {
-            let (octets, after) = rest.split_at_checked(usize::from(first & 0x7f))?;
-            rest = after;
-            octets.iter().fold(0, |acc, &b| acc << 8 | usize::from(b))
-        }
-        _ => return None,
-    };
-    rest.split_at_checked(len)
 }
 
 #[cfg(test)]
@@ -928,7 +910,7 @@ mod tests {
             Some(format!("derpkey{}", hex::encode(server_key())))
         );
         assert_eq!(summary.not_after - summary.not_before, 60 * 86_400);
-        assert!(derp_proto::io::tls::server_key_from_certs(&[der]) == Some((server_key(), 2)));
+        assert!(derp_proto::cert::server_key_from_certs(&[der]) == Some((server_key(), 2)));
     }
 
     #[test]

@@ -9,13 +9,16 @@ mod framed;
 pub mod tls;
 mod ws;
 
-pub use client::{Client, ClientError, ClientReader, ClientWriter, ConnectOptions, Transport};
+pub use client::{
+    Client, ClientError, ClientReader, ClientWriter, ConnectOptions, HandshakeOptions, Transport,
+};
 pub use framed::{FramedRead, FramedWrite, ReadFrameError};
 pub use ws::WsStream;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Any byte stream a DERP connection can run over: TCP, TLS over TCP, or WebSocket.
+/// Any byte stream a DERP connection can run over: TCP, TLS over TCP, WebSocket, a QUIC stream
+/// or an in-memory pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
