@@ -108,30 +108,33 @@ async fn serve(
 ) {
     match tls {
         Some(acceptor) => {
-            let tls_stream =
-                match tokio::time::timeout(defaults::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        metrics.handshake_failed(HandshakeFailure::Http);
-                        tracing::debug!(%remote, error = %e, "tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.handshake_failed(HandshakeFailure::Timeout);
-                        tracing::debug!(%remote, "tls handshake timed out");
-                        return;
-                    }
-                };
+            // Boxed futures throughout: a task is as large as its largest state, and the TLS
+            // handshake's state is ~10 KiB that an established connection must not keep.
+            let handshake = Box::pin(tokio::time::timeout(
+                defaults::HANDSHAKE_TIMEOUT,
+                acceptor.accept(stream),
+            ));
+            let tls_stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics.handshake_failed(HandshakeFailure::Http);
+                    tracing::debug!(%remote, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.handshake_failed(HandshakeFailure::Timeout);
+                    tracing::debug!(%remote, "tls handshake timed out");
+                    return;
+                }
+            };
             match role {
-                Role::Main => http::serve_main(tls_stream, remote, ctx).await,
-                Role::Port80 => http::serve_port80(tls_stream, ctx).await,
+                Role::Main => Box::pin(http::serve_main(tls_stream, remote, ctx)).await,
+                Role::Port80 => Box::pin(http::serve_port80(tls_stream, ctx)).await,
             }
         }
         None => match role {
-            Role::Main => http::serve_main(stream, remote, ctx).await,
-            Role::Port80 => http::serve_port80(stream, ctx).await,
+            Role::Main => Box::pin(http::serve_main(stream, remote, ctx)).await,
+            Role::Port80 => Box::pin(http::serve_port80(stream, ctx)).await,
         },
     }
 }
@@ -153,4 +156,64 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::http::{HomePage, HttpContext};
+    use crate::relay::{ConnMeta, TransportKind};
+    use crate::{Relay, RelayConfig};
+
+    /// Every idle connection is one task whose size is its future's largest state: these
+    /// bounds keep TLS handshake and HTTP parsing state out of established connections (each
+    /// big stage is boxed and freed when it ends).
+    #[tokio::test]
+    async fn connection_futures_stay_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut _clients = Vec::new();
+        for _ in 0..3 {
+            _clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let (stream, remote) = l.accept().await.unwrap();
+        let relay = Relay::new(
+            RelayConfig::new(derp_proto::NodeSecretKey::generate()),
+            Arc::new(crate::metrics::Metrics::new()),
+        );
+        let ctx = Arc::new(HttpContext {
+            relay: relay.clone(),
+            home: HomePage::Default,
+            derp_enabled: true,
+            upgrade_response: bytes::Bytes::new(),
+        });
+        let metrics = relay.metrics().clone();
+        let accept = relay.accept(
+            stream,
+            bytes::BytesMut::new(),
+            ConnMeta::new(remote, TransportKind::Upgrade),
+        );
+        assert!(
+            size_of_val(&accept) <= 2048,
+            "accept: {}",
+            size_of_val(&accept)
+        );
+        drop(accept);
+        let (stream, _) = l.accept().await.unwrap();
+        let main = crate::http::serve_main(stream, remote, ctx.clone());
+        assert!(
+            size_of_val(&main) <= 512,
+            "serve_main: {}",
+            size_of_val(&main)
+        );
+        drop(main);
+        let (stream, _) = l.accept().await.unwrap();
+        let task = super::serve(stream, remote, super::Role::Main, None, ctx, metrics);
+        assert!(
+            size_of_val(&task) <= 512,
+            "connection task: {}",
+            size_of_val(&task)
+        );
+    }
 }

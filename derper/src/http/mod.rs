@@ -75,6 +75,19 @@ fn classify(req: &httparse::Request<'_, '_>, derp_enabled: bool) -> FirstRequest
     }
 }
 
+/// Classifies the first request and returns where its head ends (0 if it is not a complete,
+/// valid head: hyper then answers 400). A separate function so the parser's header array
+/// never lives in the connection's task.
+fn parse_first_request(head: &[u8], derp_enabled: bool) -> (FirstRequest, usize) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => (classify(&req, derp_enabled), n),
+        // Malformed or oversized: hyper answers with a proper 400 and closes.
+        _ => (FirstRequest::Other, 0),
+    }
+}
+
 /// Reads a request head (bounded in size) and returns everything read so far.
 async fn read_head<S: Stream>(io: &mut S) -> std::io::Result<Option<BytesMut>> {
     let mut buf = BytesMut::with_capacity(1024);
@@ -108,14 +121,7 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
             return;
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let parsed = req.parse(&head);
-    let (kind, head_len) = match parsed {
-        Ok(httparse::Status::Complete(n)) => (classify(&req, ctx.derp_enabled), n),
-        // Malformed or oversized: hyper answers with a proper 400 and closes.
-        _ => (FirstRequest::Other, 0),
-    };
+    let (kind, head_len) = parse_first_request(&head, ctx.derp_enabled);
     match kind {
         FirstRequest::Derp {
             fast_start,
@@ -123,13 +129,17 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
         } => {
             let mut head = head;
             let rest = head.split_off(head_len);
+            // The request head is done with; the connection must not keep it for its life.
+            drop(head);
             let mut meta = ConnMeta::new(remote, TransportKind::Upgrade);
             meta.not_ideal = not_ideal;
             // With fast start no HTTP response at all is written.
             if !fast_start {
                 meta.preface = ctx.upgrade_response.clone();
             }
-            if let Err(e) = ctx.relay.accept(io, rest, meta).await
+            // Boxed so this task's own state stays small (a task is as large as its largest
+            // state, and the WebSocket and hyper branches are much larger).
+            if let Err(e) = Box::pin(ctx.relay.accept(io, rest, meta)).await
                 && let Some(suppressed) = BAD_CONNECTIONS.allow()
             {
                 tracing::info!(%remote, error = %e, suppressed, "derp connection failed");
@@ -149,11 +159,11 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
             // A frame can be 64 KiB of packet plus keys; anything much larger is abuse.
             config.max_message_size = Some(1 << 20);
             config.max_frame_size = Some(1 << 20);
-            let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+            let ws = match Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
                 rewound,
                 choose_derp,
                 Some(config),
-            )
+            ))
             .await
             {
                 Ok(ws) => ws,
@@ -166,17 +176,20 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 }
             };
             let meta = ConnMeta::new(remote, TransportKind::WebSocket);
-            if let Err(e) = ctx
-                .relay
-                .accept(WsStream::new(ws), BytesMut::new(), meta)
-                .await
+            if let Err(e) =
+                Box::pin(ctx.relay.accept(WsStream::new(ws), BytesMut::new(), meta)).await
                 && let Some(suppressed) = BAD_CONNECTIONS.allow()
             {
                 tracing::info!(%remote, error = %e, suppressed, "derp websocket connection failed");
             }
         }
         FirstRequest::Other => {
-            serve_hyper(Rewind::new(head.freeze(), io), Listener::Main, ctx).await
+            Box::pin(serve_hyper(
+                Rewind::new(head.freeze(), io),
+                Listener::Main,
+                ctx,
+            ))
+            .await
         }
     }
 }
