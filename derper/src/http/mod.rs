@@ -176,8 +176,9 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 }
             };
             let meta = ConnMeta::new(remote, TransportKind::WebSocket);
-            if let Err(e) =
-                Box::pin(ctx.relay.accept(WsStream::new(ws), BytesMut::new(), meta)).await
+            // Boxed once, like the TLS stream: no dead copy in the futures it passes through.
+            let ws = Box::new(WsStream::new(ws));
+            if let Err(e) = Box::pin(ctx.relay.accept(ws, BytesMut::new(), meta)).await
                 && let Some(suppressed) = BAD_CONNECTIONS.allow()
             {
                 tracing::info!(%remote, error = %e, suppressed, "derp websocket connection failed");

@@ -260,7 +260,9 @@ impl Relay {
         meta: ConnMeta,
     ) -> Result<(), AcceptError> {
         let conn_id = ConnectionId(self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed));
-        let span = tracing::info_span!("conn", id = %conn_id, remote = %meta.remote, key = tracing::field::Empty);
+        // A debug-level span: enabled, it costs ~500 B per connection in the subscriber, so at
+        // the default level the few lines logged about a connection carry its fields instead.
+        let span = tracing::debug_span!("conn", id = %conn_id, remote = %meta.remote, key = tracing::field::Empty);
         self.accept_inner(io, initial, meta, conn_id)
             .instrument(span)
             .await
@@ -309,7 +311,7 @@ impl Relay {
         ));
         if let Err(e) = inner.registry.register(&conn) {
             metrics.handshake_failed(HandshakeFailure::TooManyDups);
-            tracing::warn!(error = %e, "refusing connection");
+            tracing::warn!(remote = %meta.remote, key = %hello.client_key.short(), error = %e, "refusing connection");
             return Err(AcceptError::TooManyDups(
                 hello.client_key.short().to_string(),
             ));
@@ -350,7 +352,7 @@ impl Relay {
                 let keepalive = inner.config.settings.keepalive + jitter;
                 let result = reader::run(inner, &conn, &mut reader, keepalive).await;
                 match result {
-                    Err(e) => log_conn_end(&ConnEnd::Read(e)),
+                    Err(e) => log_conn_end(&conn, &ConnEnd::Read(e)),
                     Ok(()) => tracing::debug!("client disconnected"),
                 }
             }
@@ -392,10 +394,13 @@ pub(crate) enum ConnEnd {
     Write(writer::WriteError),
 }
 
-pub(crate) fn log_conn_end(e: &ConnEnd) {
+/// Logs why a connection ended, once, with the connection's identity; ordinary departures
+/// at debug level, anything else at info (rate-limited, since peers can trigger it).
+pub(crate) fn log_conn_end(conn: &Conn, e: &ConnEnd) {
+    let (id, remote, key) = (conn.conn_id, conn.remote, conn.key.short());
     match e {
         ConnEnd::Read(reader::ReadError::Read(ReadFrameError::Closed)) => {
-            tracing::debug!("client disconnected")
+            tracing::debug!(%id, %remote, %key, "client disconnected")
         }
         ConnEnd::Read(reader::ReadError::Read(ReadFrameError::Io(err)))
             if matches!(
@@ -403,16 +408,16 @@ pub(crate) fn log_conn_end(e: &ConnEnd) {
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
             ) =>
         {
-            tracing::debug!("client reset the connection")
+            tracing::debug!(%id, %remote, %key, "client reset the connection")
         }
         ConnEnd::Read(other) => {
             if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
-                tracing::info!(error = %other, suppressed, "closing client connection");
+                tracing::info!(%id, %remote, %key, error = %other, suppressed, "closing client connection");
             }
         }
         ConnEnd::Write(other) => {
             if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
-                tracing::info!(error = %other, suppressed, "closing client connection");
+                tracing::info!(%id, %remote, %key, error = %other, suppressed, "closing client connection");
             }
         }
     }

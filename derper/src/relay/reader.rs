@@ -108,7 +108,13 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                         return Err(ReadError::NotMesh(FrameType::CLOSE_PEER));
                     }
                     let n = relay.registry.close_key(&key);
-                    tracing::info!(peer = %key.short(), closed = n, "close peer requested by mesh");
+                    tracing::info!(
+                        peer = %key.short(),
+                        closed = n,
+                        mesh_peer = %conn.key.short(),
+                        remote = %conn.remote,
+                        "close peer requested by mesh"
+                    );
                     Enqueued::Queued
                 }
                 // Unknown frames, and future variants of the non-exhaustive enum, are skipped.

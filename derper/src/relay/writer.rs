@@ -38,7 +38,7 @@ pub(crate) fn spawn(relay: Arc<Inner>, conn: Arc<Conn>) {
     tasks.spawn(
         async move {
             if let Err(e) = run(&relay, &conn).await {
-                super::log_conn_end(&super::ConnEnd::Write(e));
+                super::log_conn_end(&conn, &super::ConnEnd::Write(e));
                 // Whatever ended the writer ends the connection.
                 conn.cancel.cancel();
             }
