@@ -170,3 +170,31 @@ async fn draining_refuses_new_connections_and_says_restarting() {
     assert_eq!(relay.phase(), Phase::Stopped);
     assert!(c.accept.await.unwrap().is_ok());
 }
+
+/// A silent connection still hears from the server: KeepAlive every period plus this
+/// connection's jitter (under 5 s), so clients never hit their 120 s read timeout.
+#[tokio::test(start_paused = true)]
+async fn an_idle_client_gets_keepalives_on_the_period() {
+    let relay = relay();
+    let period = relay.inner.config.settings.keepalive;
+    let mut c = connect(&relay, 64 * 1024).await;
+    let mut previous = tokio::time::Instant::now();
+    for n in 1..=3u32 {
+        let f = tokio::time::timeout(period + Duration::from_secs(5), c.reader.read_frame())
+            .await
+            .expect("a keepalive within period + jitter")
+            .unwrap();
+        assert_eq!(f.ty, FrameType::KEEP_ALIVE);
+        assert!(f.payload.is_empty());
+        let now = tokio::time::Instant::now();
+        let gap = now - previous;
+        assert!(
+            gap >= period && gap < period + Duration::from_secs(5),
+            "keepalive {n} after {gap:?}"
+        );
+        previous = now;
+    }
+    // Between keepalives the connection is idle: no writer task.
+    settle().await;
+    assert_eq!(relay.inner.tasks.len(), 0);
+}
