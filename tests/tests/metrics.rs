@@ -51,8 +51,12 @@ async fn counters_move() {
     b.send(&derp_proto::ClientToServer::NotePreferred(false))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+    assert!(
+        common::eventually(|| async {
+            value(&scrape(metrics_addr).await, "derp_current_home_connections") == 1.0
+        })
+        .await
+    );
     let text = scrape(metrics_addr).await;
     assert_eq!(value(&text, "derp_accepts_total"), 2.0, "{text}");
     assert_eq!(value(&text, "derp_current_connections"), 2.0, "{text}");
@@ -74,7 +78,12 @@ async fn counters_move() {
     assert!(text.contains("# HELP derp_packets_dropped_total"), "{text}");
     assert_eq!(value(&text, "derp_current_home_connections"), 1.0, "{text}");
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        common::eventually(|| async {
+            value(&scrape(metrics_addr).await, "derp_current_connections") == 1.0
+        })
+        .await
+    );
     let text = scrape(metrics_addr).await;
     assert_eq!(value(&text, "derp_current_connections"), 1.0, "{text}");
     assert_eq!(value(&text, "derp_current_home_connections"), 0.0, "{text}");

@@ -197,3 +197,22 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Polls `check` every 10 ms until it holds, for at most 5 s; returns whether it held. For
+/// state that settles asynchronously (gauges, a departure noticed); never for a timeout.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
