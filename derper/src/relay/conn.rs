@@ -322,10 +322,17 @@ impl Conn {
     }
 
     /// Moves up to `max` frames into `batch` in priority order (control, pong, disco, data).
-    /// When the outbox is empty, marks the writer parked and returns false: the writer must
-    /// park its sink and end, and the next enqueue spawns a new one.
+    /// Returns false if the outbox is empty; the writer stays scheduled either way, so nobody
+    /// spawns a second one (see [`park_if_idle`](Self::park_if_idle)).
     pub(crate) fn take_batch(&self, batch: &mut Vec<Outgoing>, max: usize) -> bool {
         let mut ob = self.outbox();
+        let queued =
+            ob.control.len() + usize::from(ob.pong.is_some()) + ob.disco.len() + ob.data.len();
+        if queued == 0 {
+            ob.writer = WriterState::Scheduled;
+            return false;
+        }
+        batch.reserve(queued.min(max));
         while batch.len() < max {
             if let Some(c) = ob.control.pop_front() {
                 batch.push(Outgoing::Control(c));
@@ -339,21 +346,26 @@ impl Conn {
                 break;
             }
         }
-        if batch.is_empty() {
-            ob.writer = WriterState::Parked;
-            // Give back what a burst grew; an idle connection holds no queue memory.
-            if ob.data.capacity() > 0 {
-                ob.data = VecDeque::new();
-            }
-            if ob.disco.capacity() > 0 {
-                ob.disco = VecDeque::new();
-            }
-            if ob.control.capacity() > 0 {
-                ob.control = VecDeque::new();
-            }
-            return false;
-        }
         ob.writer = WriterState::Draining;
+        true
+    }
+
+    /// Ends the writer if the outbox is still empty: marks it parked and gives back the lanes'
+    /// memory. The writer must have parked its sink first, so that an enqueue that sees
+    /// `Parked` and spawns a new writer finds the sink. Returns false (the writer goes on and
+    /// takes its sink back) if something was queued meanwhile.
+    pub(crate) fn park_if_idle(&self) -> bool {
+        let mut ob = self.outbox();
+        let empty =
+            ob.control.is_empty() && ob.pong.is_none() && ob.disco.is_empty() && ob.data.is_empty();
+        if !empty || ob.closed {
+            return ob.closed;
+        }
+        ob.writer = WriterState::Parked;
+        // Give back what a burst grew; an idle connection holds no queue memory.
+        ob.data = VecDeque::new();
+        ob.disco = VecDeque::new();
+        ob.control = VecDeque::new();
         true
     }
 
@@ -527,6 +539,12 @@ mod tests {
         assert!(c.take_batch(&mut batch, 64));
         batch.clear();
         assert!(!c.take_batch(&mut batch, 64));
+        assert_eq!(
+            c.outbox().writer,
+            WriterState::Scheduled,
+            "still the writer's"
+        );
+        assert!(c.park_if_idle());
         let ob = c.outbox();
         assert_eq!(ob.writer, WriterState::Parked);
         assert_eq!(ob.data.capacity(), 0);

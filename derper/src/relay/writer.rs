@@ -56,13 +56,32 @@ async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
         return Ok(());
     };
     let write_timeout = relay.write_timeout(conn.is_mesh);
-    let mut batch = Vec::with_capacity(MAX_BATCH_FRAMES);
+    let mut batch = Vec::new();
     let mut buf = BytesMut::new();
+    let mut lingered = false;
     loop {
         if !conn.take_batch(&mut batch, MAX_BATCH_FRAMES) {
+            if !lingered {
+                // Under steady traffic the next frame is usually queued while this one was
+                // written: look once more after letting other tasks run, rather than park
+                // and have the next enqueue spawn a new writer.
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
             conn.park_sink(sink);
-            return Ok(());
+            if conn.park_if_idle() {
+                return Ok(());
+            }
+            // Something arrived between the look and the park: nobody else can have taken
+            // the sink (a writer is spawned only once the outbox is parked).
+            let Some(back) = conn.take_sink() else {
+                return Ok(());
+            };
+            sink = back;
+            continue;
         }
+        lingered = false;
         let stats = encode_batch(relay, conn, &mut sink, &mut batch, &mut buf);
         let io = &mut sink.io;
         let write = async {
