@@ -549,4 +549,30 @@ mod tests {
         assert_eq!(ob.writer, WriterState::Parked);
         assert_eq!(ob.data.capacity(), 0);
     }
+
+    #[test]
+    fn a_frame_queued_while_the_writer_looks_again_keeps_that_writer() {
+        let m = Metrics::new();
+        let c = conn(4);
+        c.park_sink(Sink {
+            io: Box::pin(tokio::io::sink()),
+            seen_src: Default::default(),
+        });
+        c.enqueue_packet(packet(0), &m);
+        // The writer runs: takes the sink and the packet, then finds the outbox empty.
+        let sink = c.take_sink().expect("parked sink");
+        let mut batch = Vec::new();
+        assert!(c.take_batch(&mut batch, 64));
+        batch.clear();
+        assert!(!c.take_batch(&mut batch, 64));
+        // A packet arrives before the writer parks: the outbox is still the writer's, so
+        // nobody spawns another one.
+        c.enqueue_packet(packet(1), &m);
+        assert_eq!(c.outbox().writer, WriterState::Scheduled);
+        c.park_sink(sink);
+        assert!(!c.park_if_idle(), "the writer must go on");
+        assert!(c.take_sink().is_some(), "and takes its sink back");
+        assert!(c.take_batch(&mut batch, 64));
+        assert_eq!(data_bytes(&batch), [1]);
+    }
 }
