@@ -75,4 +75,8 @@ pub enum HandshakeError {
     /// A mesh key in ClientInfo was not 64 hex digits.
     #[error("invalid mesh key in client info")]
     BadMeshKey,
+    /// The client claimed a key that proves nothing: a low-order point (its shared secret with
+    /// anyone is all zeros, so the box opens without the private key) or the server's own key.
+    #[error("client key is not acceptable: {0}")]
+    WeakClientKey(&'static str),
 }

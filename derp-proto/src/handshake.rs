@@ -219,6 +219,14 @@ pub fn read_client_info(
     }
     let client_key = NodePublicKey::from_slice(&frame.payload)
         .ok_or(HandshakeError::BadLength { ty: frame.ty, len })?;
+    // Checked before any X25519: a small-order key would open a box sealed with the all-zero
+    // secret, and the server's own key would let a client speak as the server.
+    if client_key.is_small_order() {
+        return Err(HandshakeError::WeakClientKey("small-order point"));
+    }
+    if client_key == server.public_key() {
+        return Err(HandshakeError::WeakClientKey("the server's own key"));
+    }
     let shared = server.shared_box(&client_key);
     let json = shared
         .open(&frame.payload[KEY_LEN..])
@@ -312,6 +320,50 @@ pub fn read_server_info(
 
 #[cfg(test)]
 mod tests {
+
+    /// A client claiming the all-zero key (or any small-order point) with a box sealed under
+    /// the all-zero secret is refused before the box is opened; so is a client claiming the
+    /// server's own key.
+    #[test]
+    fn weak_client_keys_are_refused() {
+        let server = NodeSecretKey::generate();
+        let attacker = NodeSecretKey::generate();
+        let claim = |key: NodePublicKey| {
+            // With a small-order key the shared secret is all zeros whatever the secrets, so
+            // any secret seals a box that the server's box for that key opens.
+            let sealed = attacker.seal_to(&key, &ClientInfo::new().to_json());
+            if key.is_small_order() {
+                assert!(
+                    server.shared_box(&key).open(&sealed).is_some(),
+                    "the attack is real"
+                );
+            }
+            let mut payload = key.as_bytes().to_vec();
+            payload.extend_from_slice(&sealed);
+            let mut buf = bytes::BytesMut::new();
+            crate::frame::write_frame_header(&mut buf, FrameType::CLIENT_INFO, payload.len());
+            buf.extend_from_slice(&payload);
+            let frame = crate::frame::FrameDecoder::server()
+                .decode(&mut buf)
+                .unwrap()
+                .unwrap();
+            read_client_info(&server, &frame)
+        };
+        for key in [
+            NodePublicKey::from_bytes([0; 32]),
+            NodePublicKey::from_bytes({
+                let mut k = [0; 32];
+                k[0] = 1;
+                k
+            }),
+            server.public_key(),
+        ] {
+            assert!(
+                matches!(claim(key), Err(HandshakeError::WeakClientKey(_))),
+                "{key:?} accepted"
+            );
+        }
+    }
     use bytes::BytesMut;
 
     use super::*;

@@ -42,7 +42,54 @@ fn parse_hex32(s: &str) -> Result<[u8; KEY_LEN], KeyParseError> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodePublicKey([u8; KEY_LEN]);
 
+/// Encodings of the Curve25519 points of small order, with the top bit cleared (X25519 ignores
+/// it): 0, 1, two points of order 8, and p − 1, p, p + 1. A key equal to one of these yields
+/// an all-zero shared secret with every peer (the list libsodium's `has_small_order` uses).
+const SMALL_ORDER_POINTS: [[u8; KEY_LEN]; 7] = [
+    [0; 32],
+    [
+        0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
 impl NodePublicKey {
+    /// Whether this key is a point of small order (including all zeros): X25519 with it gives
+    /// an all-zero shared secret whatever the other side's secret, so a box "sealed by" it
+    /// proves nothing. Compared without early exit (the key is public, but the habit is cheap).
+    pub fn is_small_order(&self) -> bool {
+        let mut k = self.0;
+        k[KEY_LEN - 1] &= 0x7f;
+        SMALL_ORDER_POINTS.iter().fold(false, |hit, p| {
+            hit | bool::from(subtle::ConstantTimeEq::ct_eq(&k[..], &p[..]))
+        })
+    }
+
     /// Wraps 32 raw bytes as they appear on the wire.
     pub const fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         Self(bytes)
@@ -316,6 +363,30 @@ impl Drop for MeshKey {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every listed point really is of small order: X25519 with it gives the all-zero secret
+    /// (checked with x25519-dalek, not with our list), also with the top bit set; and an
+    /// ordinary key is not flagged.
+    #[test]
+    fn small_order_points_give_all_zero_secrets() {
+        let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        for p in SMALL_ORDER_POINTS {
+            for top in [0u8, 0x80] {
+                let mut bytes = p;
+                bytes[31] |= top;
+                let key = NodePublicKey::from_bytes(bytes);
+                assert!(key.is_small_order(), "{bytes:02x?}");
+                let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(bytes));
+                assert!(
+                    !shared.was_contributory(),
+                    "{bytes:02x?} is not small-order"
+                );
+            }
+        }
+        for _ in 0..100 {
+            assert!(!NodeSecretKey::generate().public_key().is_small_order());
+        }
+    }
     use super::*;
 
     #[test]
