@@ -340,13 +340,10 @@ mod tests {
             }
             let mut payload = key.as_bytes().to_vec();
             payload.extend_from_slice(&sealed);
-            let mut buf = bytes::BytesMut::new();
-            crate::frame::write_frame_header(&mut buf, FrameType::CLIENT_INFO, payload.len());
+            let mut buf = BytesMut::new();
+            write_frame_header(&mut buf, FrameType::CLIENT_INFO, payload.len());
             buf.extend_from_slice(&payload);
-            let frame = crate::frame::FrameDecoder::server()
-                .decode(&mut buf)
-                .unwrap()
-                .unwrap();
+            let frame = FrameDecoder::server().decode(&mut buf).unwrap().unwrap();
             read_client_info(&server, &frame)
         };
         for key in [

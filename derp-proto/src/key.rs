@@ -85,9 +85,9 @@ impl NodePublicKey {
     pub fn is_small_order(&self) -> bool {
         let mut k = self.0;
         k[KEY_LEN - 1] &= 0x7f;
-        SMALL_ORDER_POINTS.iter().fold(false, |hit, p| {
-            hit | bool::from(subtle::ConstantTimeEq::ct_eq(&k[..], &p[..]))
-        })
+        SMALL_ORDER_POINTS
+            .iter()
+            .fold(false, |hit, p| hit | bool::from(k[..].ct_eq(&p[..])))
     }
 
     /// Wraps 32 raw bytes as they appear on the wire.
@@ -369,7 +369,7 @@ mod tests {
     /// ordinary key is not flagged.
     #[test]
     fn small_order_points_give_all_zero_secrets() {
-        let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
         for p in SMALL_ORDER_POINTS {
             for top in [0u8, 0x80] {
                 let mut bytes = p;
