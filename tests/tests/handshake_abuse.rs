@@ -104,3 +104,35 @@ async fn slow_loris_http_head_does_not_block_others() {
     a.send_packet(&b.public_key(), b"through").await.unwrap();
     assert_eq!(common::recv_packet(&mut b).await.1, b"through");
 }
+
+#[tokio::test]
+async fn bytes_that_cannot_be_http_get_400_at_once() {
+    let server = common::plain_server().await;
+    // A TLS ClientHello's first bytes on the plain port, and an HTTP/2 preface: both used to
+    // wait for the 10 s head timeout and then close without a word.
+    for opening in [
+        &[
+            0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+        ][..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        let mut answer = Vec::new();
+        // Far below the head timeout: an answer after the timeout would fail here.
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer))
+            .await
+            .expect("answered before the head timeout")
+            .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // The relay still serves.
+    let mut a = common::connect(&server.derp_url()).await;
+    let mut b = common::connect(&server.derp_url()).await;
+    a.send_packet(&b.public_key(), b"fine").await.unwrap();
+    assert_eq!(common::recv_packet(&mut b).await.1, b"fine");
+}

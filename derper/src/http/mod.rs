@@ -88,28 +88,72 @@ fn parse_first_request(head: &[u8], derp_enabled: bool) -> (FirstRequest, usize)
     }
 }
 
-/// Reads a request head (bounded in size) and returns everything read so far.
-async fn read_head<S: Stream>(io: &mut S) -> std::io::Result<Option<BytesMut>> {
+/// What the bytes read so far are.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadState {
+    /// A whole request head (or the size limit was reached: hyper answers that).
+    Complete,
+    /// A valid beginning of a request head.
+    Partial,
+    /// Not HTTP/1.x at all (a TLS ClientHello on the plain port, an HTTP/2 preface, noise).
+    NotHttp,
+}
+
+fn head_state(buf: &[u8]) -> HeadState {
+    if buf.len() >= defaults::MAX_HTTP_HEAD {
+        return HeadState::Complete;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(_)) => HeadState::Complete,
+        Ok(httparse::Status::Partial) => HeadState::Partial,
+        // More headers than we parse: hyper, which allows more, decides.
+        Err(httparse::Error::TooManyHeaders) => HeadState::Complete,
+        Err(_) => HeadState::NotHttp,
+    }
+}
+
+/// Reads a request head (bounded in size) and returns everything read so far, and whether it
+/// can be HTTP at all: bytes that cannot begin a request are answered at once rather than
+/// held until the head timeout.
+async fn read_head<S: Stream>(io: &mut S) -> std::io::Result<Option<(BytesMut, HeadState)>> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(buf));
-        }
-        if buf.len() >= defaults::MAX_HTTP_HEAD {
-            return Ok(Some(buf));
-        }
         buf.reserve(1024);
         if io.read_buf(&mut buf).await? == 0 {
-            return Ok(if buf.is_empty() { None } else { Some(buf) });
+            return Ok(if buf.is_empty() {
+                None
+            } else {
+                Some((buf, HeadState::Complete))
+            });
+        }
+        match head_state(&buf) {
+            HeadState::Partial => {}
+            state => return Ok(Some((buf, state))),
         }
     }
 }
+
+/// The answer to bytes that are not an HTTP/1.x request (Go's derper answers 400 too).
+const NOT_HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot an HTTP/1.1\n";
 
 /// Serves one accepted connection (after TLS, if any) on the main listener.
 pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Arc<HttpContext>) {
     let metrics = ctx.relay.metrics().clone();
     let head = match tokio::time::timeout(defaults::HTTP_HEAD_TIMEOUT, read_head(&mut io)).await {
-        Ok(Ok(Some(buf))) => buf,
+        Ok(Ok(Some((buf, HeadState::NotHttp)))) => {
+            metrics.handshake_failed(HandshakeFailure::Http);
+            if let Some(suppressed) = BAD_CONNECTIONS.allow() {
+                let start = &buf[..buf.len().min(8)];
+                tracing::info!(%remote, first_bytes = ?start, suppressed, "not an HTTP/1.x request: answered 400");
+            }
+            use tokio::io::AsyncWriteExt as _;
+            let _ = io.write_all(NOT_HTTP_RESPONSE).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        Ok(Ok(Some((buf, _)))) => buf,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "reading request head");
@@ -223,6 +267,26 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         req.parse(s.as_bytes()).unwrap();
         classify(&req, true)
+    }
+
+    #[test]
+    fn heads_that_cannot_be_http_are_recognised_at_once() {
+        assert_eq!(
+            head_state(b"GET /derp HTTP/1.1\r\nHost:"),
+            HeadState::Partial
+        );
+        assert_eq!(head_state(b"GE"), HeadState::Partial);
+        assert_eq!(head_state(b"GET / HTTP/1.1\r\n\r\n"), HeadState::Complete);
+        // A TLS ClientHello's record header, an HTTP/2 preface, noise.
+        assert_eq!(
+            head_state(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            HeadState::NotHttp
+        );
+        assert_eq!(
+            head_state(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            HeadState::NotHttp
+        );
+        assert_eq!(head_state(b"\x00\x01garbage"), HeadState::NotHttp);
     }
 
     #[test]
