@@ -76,10 +76,18 @@ log "servers: ours ($OUR_COMMIT), $GO_NEW_LABEL ($GO_NEW_VERSION), $GO_OLD_LABEL
 
 # --- servers --------------------------------------------------------------------------------
 PID=
+# stop_server [NOTE_FILE]: stops the server; if it had already exited on its own (crash, OOM
+# kill, someone else's kill), says so on stderr and in NOTE_FILE.
 stop_server() {
   if [ -n "$PID" ]; then
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    local rc=0
+    if kill "$PID" 2>/dev/null; then
+      wait "$PID" 2>/dev/null || true
+    else
+      wait "$PID" 2>/dev/null || rc=$?
+      log "server pid $PID had already exited (status $rc) before the end of the case"
+      [ -n "${1:-}" ] && echo "server exited on its own during the case, status $rc" >"$1"
+    fi
     PID=
   fi
 }
@@ -132,7 +140,7 @@ run_case() {
     --json "$OUT/$name.$which.json" >"$OUT/$name.$which.txt" 2>&1 || log "$name/$which exited $?"
   # Server CPU during the case: "ticks_before ticks_after CLK_TCK".
   echo "$cpu0 $(cpu_ticks "$PID") $CLK_TCK" >"$OUT/$name.$which.cpu"
-  stop_server
+  stop_server "$OUT/$name.$which.died"
 }
 
 # run_ceiling SIZE: bare TCP forwarder, PAIRS pairs, SIZE-byte writes, open loop, for DURATION;
