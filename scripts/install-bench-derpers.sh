@@ -38,7 +38,7 @@ version_ok() {
 # GOTOOLCHAIN=auto because a release may need a newer Go than the installed one).
 gomod_of() {
     local mod
-    mod=$(cd "$DIR" && GOTOOLCHAIN=auto GOFLAGS=-mod=mod go mod download -json "tailscale.com@$1" \
+    mod=$(cd "$DIR" && GOTOOLCHAIN=auto GOFLAGS="-mod=mod -buildvcs=false" go mod download -json "tailscale.com@$1" \
         | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
     [[ -f "$mod" ]] || { log "error: no go.mod for tailscale.com@$1"; return 1; }
     echo "$mod"
@@ -89,7 +89,7 @@ require tailscale.com $NEW
 replace github.com/tailscale/setec => github.com/tailscale/setec $setec
 MOD
     rm -f "$src/go.sum"
-    (cd "$src" && GOTOOLCHAIN=auto GOFLAGS=-mod=mod go build -o "$bin.tmp" tailscale.com/cmd/derper)
+    (cd "$src" && GOTOOLCHAIN=auto GOFLAGS="-mod=mod -buildvcs=false" go build -o "$bin.tmp" tailscale.com/cmd/derper)
     mv "$bin.tmp" "$bin"
     version_ok "$bin" "$NEW" || { log "error: $bin -version: $("$bin" -version 2>&1 | head -n1)"; exit 1; }
 }
