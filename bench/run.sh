@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: Tailscale's derper (pinned release) and ours, on this machine, with the
-# same flags and the same `loadtest` workloads, in the same run. Prints ratios (ours / Go); the
-# machine is shared and noisy, so only ratios from one run mean anything (design.md §7).
+# Side-by-side benchmark, three ways: ours, Tailscale's newest derper (v1.104.7) and the interop
+# pin (v1.102.5), on this machine, with the same flags and the same `loadtest` workloads, in the
+# same run (a fresh server per case, the order rotating from case to case). Prints ratios
+# (ours / each Go release); the machine is shared and noisy, so only ratios from one run mean
+# anything (design.md §7).
 #
-# Usage: bench/run.sh [scenario...]     scenarios: tput tls latency idle storm (default: all)
+# Usage: bench/run.sh [scenario...]
+#   scenarios: tput tls latency idle storm burst flood (default: tput tls latency idle storm)
 #   tput also measures the physical ceiling (design.md §7): a bare TCP forwarder on this box
 #   (loadtest/examples/tcp_forwarder.rs, Rust/tokio, no DERP logic) with the same PAIRS, at
 #   100 B, 1 300 B and 64 KiB writes. Every case records the server's CPU time (utime + stime
@@ -13,19 +16,31 @@
 #                                 per sender in the closed-loop peak runs)
 #   IDLE_CONNS="5000 19000"       idle connection counts (19 000 is one process's cap here)
 #   STORM_CLIENTS=2000 STORM_ROUNDS=2
-#   TAILSCALE_DERPER=/path        use this Go derper instead of installing the pin
-#   DERPER_PIN=v1.102.5
+#   BURSTS="64 256" BURST_COUNT=20 BURST_SIZE=1200 BURST_TIMEOUT=1s
+#   FLOODERS="2 4 8" FLOOD_RATES="200 1000" FLOOD_DURATION=5s
+#   DERPER_NEW=v1.104.7 DERPER_OLD=v1.102.5    the Tailscale releases (installed into
+#                                 .tools/bench by scripts/install-bench-derpers.sh)
+#   TAILSCALE_DERPER_NEW=/path TAILSCALE_DERPER_OLD=/path   use these binaries instead
 # Results: bench/results/<UTC timestamp>/{*.json,summary.md}, and bench/results/latest.md.
+# File names: NAME.<server>.json with server = ours, go-v1_104_7, go-v1_102_5.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PIN=${DERPER_PIN:-v1.102.5}
+NEW=${DERPER_NEW:-v1.104.7}
+OLD=${DERPER_OLD:-v1.102.5}
 PAIRS=${PAIRS:-8}
 WINDOW=${WINDOW:-64}
 DURATION=${DURATION:-5s}
 IDLE_CONNS=${IDLE_CONNS:-"5000 19000"}
 STORM_CLIENTS=${STORM_CLIENTS:-2000}
 STORM_ROUNDS=${STORM_ROUNDS:-2}
+BURSTS=${BURSTS:-"64 256"}
+BURST_COUNT=${BURST_COUNT:-20}
+BURST_SIZE=${BURST_SIZE:-1200}
+BURST_TIMEOUT=${BURST_TIMEOUT:-1s}
+FLOODERS=${FLOODERS:-"2 4 8"}
+FLOOD_RATES=${FLOOD_RATES:-"200 1000"}
+FLOOD_DURATION=${FLOOD_DURATION:-5s}
 SCENARIOS=${*:-tput tls latency idle storm}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$REPO/bench/results/$STAMP
@@ -35,12 +50,16 @@ mkdir -p "$OUT" "$WORK"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # --- binaries -------------------------------------------------------------------------------
-GO_DERPER=${TAILSCALE_DERPER:-$REPO/.tools/bin/derper}
-if ! { [ -x "$GO_DERPER" ] && "$GO_DERPER" -version 2>&1 | grep -q "^${PIN#v}"; }; then
-  log "installing Tailscale derper $PIN into $REPO/.tools/bin"
-  GOBIN=$REPO/.tools/bin go install "tailscale.com/cmd/derper@$PIN"
-  GO_DERPER=$REPO/.tools/bin/derper
+# Server labels (file names) and binaries: ours first, then the Go releases, newest first.
+label_of() { local v=${1//./_}; echo "go-$v"; }
+GO_NEW_LABEL=$(label_of "$NEW")
+GO_OLD_LABEL=$(label_of "$OLD")
+if [ -z "${TAILSCALE_DERPER_NEW:-}" ] || [ -z "${TAILSCALE_DERPER_OLD:-}" ]; then
+  log "installing / checking Tailscale derper $NEW and $OLD (scripts/install-bench-derpers.sh)"
+  BENCH_DERPER_NEW=$NEW BENCH_DERPER_OLD=$OLD "$REPO/scripts/install-bench-derpers.sh" >/dev/null
 fi
+GO_NEW=${TAILSCALE_DERPER_NEW:-$REPO/.tools/bench/derper-$NEW}
+GO_OLD=${TAILSCALE_DERPER_OLD:-$REPO/.tools/bench/derper-$OLD}
 log "building our derper and loadtest (release)"
 (cd "$REPO" && cargo build --release -q -p derper -p loadtest \
   && cargo build --release -q -p loadtest --example tcp_forwarder)
@@ -48,24 +67,36 @@ FWD=$REPO/target/release/examples/tcp_forwarder
 CLK_TCK=$(getconf CLK_TCK)
 OURS=$REPO/target/release/derper
 LT=$REPO/target/release/loadtest
-GO_VERSION=$("$GO_DERPER" -version 2>&1 | head -1)
+GO_NEW_VERSION=$("$GO_NEW" -version 2>&1 | head -1)
+GO_OLD_VERSION=$("$GO_OLD" -version 2>&1 | head -1)
 OUR_COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+SERVERS=(ours "$GO_NEW_LABEL" "$GO_OLD_LABEL")
+declare -A BIN=([ours]=$OURS [$GO_NEW_LABEL]=$GO_NEW [$GO_OLD_LABEL]=$GO_OLD)
+log "servers: ours ($OUR_COMMIT), $GO_NEW_LABEL ($GO_NEW_VERSION), $GO_OLD_LABEL ($GO_OLD_VERSION)"
 
 # --- servers --------------------------------------------------------------------------------
 PID=
+# stop_server [NOTE_FILE]: stops the server; if it had already exited on its own (crash, OOM
+# kill, someone else's kill), says so on stderr and in NOTE_FILE.
 stop_server() {
   if [ -n "$PID" ]; then
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    local rc=0
+    if kill "$PID" 2>/dev/null; then
+      wait "$PID" 2>/dev/null || true
+    else
+      wait "$PID" 2>/dev/null || rc=$?
+      log "server pid $PID had already exited (status $rc) before the end of the case"
+      [ -n "${1:-}" ] && echo "server exited on its own during the case, status $rc" >"$1"
+    fi
     PID=
   fi
 }
 trap stop_server EXIT
 
-# start_server go|ours plain|tls PORT: same flags for both; sets PID and URL.
+# start_server LABEL plain|tls PORT: same flags for every server; sets PID and URL.
 start_server() {
   local which=$1 mode=$2 port=$3 bin
-  bin=$([ "$which" = go ] && echo "$GO_DERPER" || echo "$OURS")
+  bin=${BIN[$which]}
   local args=(-a "127.0.0.1:$port" -c "$WORK/$which.key" -http-port -1 -stun=false)
   if [ "$mode" = tls ]; then
     mkdir -p "$WORK/certs-$which"
@@ -91,7 +122,7 @@ cpu_ticks() {
 
 # A random base, so two runs at once (other sessions on this box) do not fight over ports.
 PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
-# run_case NAME go|ours plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
+# run_case NAME LABEL plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
 run_case() {
   local name=$1 which=$2 mode=$3
   shift 3
@@ -109,7 +140,7 @@ run_case() {
     --json "$OUT/$name.$which.json" >"$OUT/$name.$which.txt" 2>&1 || log "$name/$which exited $?"
   # Server CPU during the case: "ticks_before ticks_after CLK_TCK".
   echo "$cpu0 $(cpu_ticks "$PID") $CLK_TCK" >"$OUT/$name.$which.cpu"
-  stop_server
+  stop_server "$OUT/$name.$which.died"
 }
 
 # run_ceiling SIZE: bare TCP forwarder, PAIRS pairs, SIZE-byte writes, open loop, for DURATION;
@@ -134,17 +165,16 @@ v=float(m[1]); print(v/1000 if m[2]=='ms' else v*60 if m[2]=='m' else v)")
   stop_server
 }
 
-BOTH=0
-# Both servers, alternating which goes first so neither always gets the cooler machine.
-both() {
-  local name=$1
+CASES=0
+# Every server, the order rotating from case to case so none always gets the cooler machine.
+all() {
+  local name=$1 k i
   shift
-  BOTH=$((BOTH + 1))
-  if [ $((BOTH % 2)) -eq 1 ]; then
-    run_case "$name" go "$@"; run_case "$name" ours "$@"
-  else
-    run_case "$name" ours "$@"; run_case "$name" go "$@"
-  fi
+  for k in 0 1 2; do
+    i=$(((CASES + k) % 3))
+    run_case "$name" "${SERVERS[$i]}" "$@"
+  done
+  CASES=$((CASES + 1))
 }
 
 for s in $SCENARIOS; do
@@ -154,23 +184,23 @@ for s in $SCENARIOS; do
       for size in 100 1300 65536; do run_ceiling "$size"; done
       # Peak: closed loop, at most $WINDOW packets in flight per sender, so the relay is busy
       # but not drowning. Overload: open loop, senders write as fast as they can.
-      both tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
-      both tput-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
-      both overload-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
-      both overload-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
+      all tput-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
+      all tput-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
+      all overload-1300-plain plain pairs --pairs "$PAIRS" --size 1300 --max --duration "$DURATION"
+      all overload-100-plain plain pairs --pairs "$PAIRS" --size 100 --max --duration "$DURATION"
       ;;
     tls)
-      both tput-1300-tls tls pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
-      both tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
+      all tput-1300-tls tls pairs --pairs "$PAIRS" --size 1300 --max --window "$WINDOW" --duration "$DURATION"
+      all tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
       ;;
     latency)
-      # Offered load at 50 % and 150 % of Go derper's measured peak (1 300-byte, plain, closed
-      # loop), open loop at a fixed rate.
-      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.go.json" 2>/dev/null || echo 0)
+      # Offered load at 50 % and 150 % of the newest Go derper's measured peak (1 300-byte,
+      # plain, closed loop), open loop at a fixed rate.
+      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.$GO_NEW_LABEL.json" 2>/dev/null || echo 0)
       if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
         for pct in 50 150; do
           rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
-          both "latency-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
+          all "latency-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
         done
       else
         log "latency: needs the tput scenario first"
@@ -180,23 +210,42 @@ for s in $SCENARIOS; do
       for n in $IDLE_CONNS; do
         # One loadtest process (19 000 sockets fit under its 20 000-file cap), so the server's
         # RSS is read once before and once after every connection is up.
-        both "idle-$n-plain" plain idle --conns "$n" --hold 2s --server-pid @PID@ \
+        all "idle-$n-plain" plain idle --conns "$n" --hold 2s --server-pid @PID@ \
           --source-ips 127.0.1.1-127.0.1.8
-        both "idle-$n-tls" tls idle --conns "$n" --hold 2s --server-pid @PID@ \
+        all "idle-$n-tls" tls idle --conns "$n" --hold 2s --server-pid @PID@ \
           --source-ips 127.0.1.1-127.0.1.8
       done
       ;;
     storm)
-      both storm-plain plain storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
+      all storm-plain plain storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
         --source-ips 127.0.2.1-127.0.2.8
-      both storm-tls tls storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
+      all storm-tls tls storm --clients "$STORM_CLIENTS" --rounds "$STORM_ROUNDS" \
         --source-ips 127.0.2.1-127.0.2.8
+      ;;
+    burst)
+      # One sender, one receiver; every burst of N SendPackets in one write.
+      for n in $BURSTS; do
+        all "burst-$n" plain burst --burst "$n" --bursts "$BURST_COUNT" --size "$BURST_SIZE" \
+          --burst-timeout "$BURST_TIMEOUT"
+      done
+      ;;
+    flood)
+      # N non-reading flooders against a canary pair at R packets/s.
+      for f in $FLOODERS; do
+        for r in $FLOOD_RATES; do
+          all "flood-$f-$r" plain flood --flooders "$f" --rate "$r" --duration "$FLOOD_DURATION"
+        done
+      done
       ;;
     *) log "unknown scenario $s"; exit 2 ;;
   esac
 done
 
-python3 "$REPO/bench/table.py" "$OUT" "$GO_VERSION" "$OUR_COMMIT" \
-  "PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW IDLE_CONNS=\"$IDLE_CONNS\" bench/run.sh $SCENARIOS" | tee "$OUT/summary.md"
+CMD="PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW IDLE_CONNS=\"$IDLE_CONNS\""
+case " $SCENARIOS " in *" storm "*) CMD+=" STORM_CLIENTS=$STORM_CLIENTS STORM_ROUNDS=$STORM_ROUNDS" ;; esac
+case " $SCENARIOS " in *" burst "*) CMD+=" BURSTS=\"$BURSTS\" BURST_COUNT=$BURST_COUNT BURST_SIZE=$BURST_SIZE BURST_TIMEOUT=$BURST_TIMEOUT" ;; esac
+case " $SCENARIOS " in *" flood "*) CMD+=" FLOODERS=\"$FLOODERS\" FLOOD_RATES=\"$FLOOD_RATES\" FLOOD_DURATION=$FLOOD_DURATION" ;; esac
+python3 "$REPO/bench/table.py" "$OUT" "$OUR_COMMIT" "$CMD bench/run.sh $SCENARIOS" \
+  "$GO_NEW_LABEL=$GO_NEW_VERSION" "$GO_OLD_LABEL=$GO_OLD_VERSION" | tee "$OUT/summary.md"
 cp "$OUT/summary.md" "$REPO/bench/results/latest.md"
 log "results in $OUT"

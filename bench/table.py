@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Builds the side-by-side table from a bench/run.sh results directory.
 
-Usage: table.py RESULTS_DIR GO_VERSION OUR_COMMIT COMMAND
-Each case NAME has NAME.go.json and NAME.ours.json (loadtest reports) and NAME.{go,ours}.cpu
-("ticks_before ticks_after CLK_TCK": the server's utime + stime around the loadtest). Ratios are
-ours / Go; the last column says which direction is better. ceiling-SIZE.fwd.{json,cpu} are the
+Usage: table.py RESULTS_DIR OUR_COMMIT COMMAND LABEL=VERSION [LABEL=VERSION...]
+Each case NAME has NAME.ours.json and NAME.LABEL.json per Go release (loadtest reports; LABEL
+is go-v1_104_7 for v1.104.7) and NAME.<server>.cpu ("ticks_before ticks_after CLK_TCK": the
+server's utime + stime around the loadtest). Ratios are ours / each Go release, in the order
+given; the last column says which direction is better ("info": neither). ceiling-SIZE.fwd.{json,cpu} are the
 bare TCP forwarder runs (loadtest/examples/tcp_forwarder.rs): throughput cases get a "% of
 ceiling" row (Mbit/s over the forwarder's Mbit/s at the same write size; TLS cases against the
 plain-TCP ceiling), and the ceiling runs get their own table.
@@ -81,6 +82,25 @@ def metrics(name, r):
             ("held", ex.get("held", 0), True),
             ("server bytes/conn", ex.get("server_bytes_per_conn", 0), False),
         ]
+    if name.startswith("burst"):
+        return [
+            ("sent", t.get("sent", 0), None),
+            ("received", t.get("received", 0), True),
+            ("loss %", 100 * t.get("loss_ratio", 0), False),
+            ("worst burst received", ex.get("worst_burst_received", 0), True),
+            ("bursts complete", ex.get("bursts_complete", 0), True),
+            ("p99 µs", lat.get("p99", 0), False),
+        ]
+    if name.startswith("flood"):
+        return [
+            ("canary sent", t.get("sent", 0), None),
+            ("canary loss %", 100 * t.get("loss_ratio", 0), False),
+            ("canary p50 µs", lat.get("p50", 0), False),
+            ("canary p99 µs", lat.get("p99", 0), False),
+            ("canary max µs", lat.get("max", 0), False),
+            ("flood frames/s written", ex.get("flood_frames_per_sec", 0.0), None),
+            ("flooder reconnects", ex.get("flooder_reconnects", 0), None),
+        ]
     if name.startswith("storm"):
         return [
             ("handshakes/s", ex.get("handshakes_per_sec", 0), True),
@@ -96,8 +116,15 @@ def fmt(v):
     return f"{v:,}"
 
 
+def version_of(label):
+    """go-v1_104_7 -> v1.104.7"""
+    return label.removeprefix("go-").replace("_", ".")
+
+
 def main():
-    d, go_version, commit, command = sys.argv[1:5]
+    d, commit, command = sys.argv[1:4]
+    gos = [a.split("=", 1) for a in sys.argv[4:]]
+    servers = ["ours"] + [label for label, _ in gos]
     names = sorted({f.rsplit(".", 2)[0] for f in os.listdir(d) if f.endswith(".json")})
     ceil_names = sorted((n for n in names if n.startswith("ceiling-")), key=size_of)
     names = [n for n in names if not n.startswith("ceiling-")]
@@ -106,20 +133,28 @@ def main():
         r = load(d, n, "fwd")
         if r:
             ceilings[size_of(n)] = r.get("traffic", {}).get("bits_per_sec", 0) / 1e6
-    print(f"Tailscale derper {go_version} vs ours ({commit}), loopback, same run.")
+    releases = ", ".join(f"{version_of(label)} (`-version`: {v})" for label, v in gos)
+    print(f"Ours ({commit}) vs Tailscale derper {releases}; loopback, same run, fresh server "
+          "per case, order rotating.")
     print(f"Command: `{command}`; reports in `{os.path.relpath(d)}`.\n")
-    print("| case | metric | Tailscale derper | ours | ours / Go | better |")
-    print("|---|---|---:|---:|---:|---|")
+    head = ["case", "metric", "ours"] + [f"Tailscale {version_of(l)}" for l, _ in gos]
+    head += [f"ours / {version_of(l)}" for l, _ in gos] + ["better"]
+    print("| " + " | ".join(head) + " |")
+    print("|---|---|" + "---:|" * (2 * len(gos) + 1) + "---|")
     for name in names:
-        go, ours = load(d, name, "go"), load(d, name, "ours")
-        if go is None or ours is None:
-            print(f"| {name} | (missing {'go' if go is None else 'ours'}) | | | | |")
+        reports = [load(d, name, s) for s in servers]
+        missing = [s for s, r in zip(servers, reports) if r is None]
+        if missing:
+            print(f"| {name} | (missing {', '.join(missing)}) |" + " |" * (len(head) - 2))
             continue
-        go_rows = metrics(name, go) + extra_rows(d, name, "go", go, ceilings)
-        our_rows = metrics(name, ours) + extra_rows(d, name, "ours", ours, ceilings)
-        for (label, gv, hib), (_, ov, _) in zip(go_rows, our_rows):
-            ratio = f"{ov / gv:.2f}" if gv else "n/a"
-            print(f"| {name} | {label} | {fmt(gv)} | {fmt(ov)} | {ratio} | {'higher' if hib else 'lower'} |")
+        rows = [metrics(name, r) + extra_rows(d, name, s, r, ceilings)
+                for s, r in zip(servers, reports)]
+        for i, (label, ov, hib) in enumerate(rows[0]):
+            vals = [ov] + [rows[k][i][1] for k in range(1, len(servers))]
+            ratios = [f"{ov / gv:.2f}" if gv else "n/a" for gv in vals[1:]]
+            better = "info" if hib is None else "higher" if hib else "lower"
+            cells = [name, label] + [fmt(v) for v in vals] + ratios + [better]
+            print("| " + " | ".join(cells) + " |")
 
     if ceil_names:
         print("\nPhysical ceiling: bare TCP forwarder on this box, same run "

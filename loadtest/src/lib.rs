@@ -8,6 +8,8 @@
 //! - [`idle`]: hold N connections and measure the server's memory per connection;
 //! - [`storm`]: M clients reconnecting at once;
 //! - [`probe`]: check every node of a DERP map;
+//! - [`burst`]: bursts of N SendPackets in one write to a receiver that keeps up;
+//! - [`flood`]: clients streaming small frames without reading, against a canary pair;
 //! - `mesh`: pairs whose two peers sit on different relays of a region.
 //!
 //! Each produces a [`report::Report`] that prints, serialises to JSON (with a latency histogram
@@ -15,9 +17,11 @@
 //! against CI thresholds.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod burst;
 pub mod derpmap;
 pub mod dial;
 pub mod disco;
+pub mod flood;
 pub mod idle;
 pub mod nat;
 #[cfg(target_os = "linux")]

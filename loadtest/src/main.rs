@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use derp_proto::io::Transport;
+use loadtest::burst::{BurstConfig, run_burst};
 use loadtest::derpmap::DerpMap;
+use loadtest::flood::{FloodConfig, run_flood};
 use loadtest::idle::{IdleConfig, run_idle};
 use loadtest::nat::NatMix;
 use loadtest::pairs::{Faults, PairsConfig, run_pairs};
@@ -35,6 +37,11 @@ enum Command {
     Idle(IdleArgs),
     /// M clients connect, then all reconnect at once, R rounds.
     Storm(StormArgs),
+    /// Bursts of N SendPackets in one write to one receiver; loss per burst.
+    Burst(BurstArgs),
+    /// Clients streaming small frames without reading, against a canary pair; canary loss and
+    /// latency.
+    Flood(FloodArgs),
     /// Check every node of a DERP map: handshake, relay round trip, STUN, mesh.
     Probe(ProbeArgs),
     /// Merge shard JSON reports into one.
@@ -216,6 +223,61 @@ struct StormArgs {
 }
 
 #[derive(Debug, Args)]
+struct BurstArgs {
+    #[command(flatten)]
+    dial: DialArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// SendPacket frames per burst, written with one write().
+    #[arg(long, default_value_t = 64)]
+    burst: u64,
+    /// Bursts to send.
+    #[arg(long, default_value_t = 20)]
+    bursts: u64,
+    /// Packet size in bytes.
+    #[arg(long, default_value_t = 1_200)]
+    size: usize,
+    /// Longest wait for a burst to arrive before sending the next.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    burst_timeout: Duration,
+    /// Budget for connecting both peers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    setup_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct FloodArgs {
+    #[command(flatten)]
+    dial: DialArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// Flooding clients (half Pings, half 1-byte SendPackets to random keys; never reading).
+    #[arg(long, default_value_t = 4)]
+    flooders: u64,
+    /// Frames per flooder write.
+    #[arg(long, default_value_t = 512)]
+    frames_per_write: usize,
+    /// Canary packets per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Canary packet size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// How long the canary sends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Flooding before the canary starts.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The canary receiver keeps counting at most this long after the canary stops.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Budget for connecting everyone.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    setup_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 struct ProbeArgs {
     /// DERP map JSON file.
     #[arg(long)]
@@ -294,6 +356,27 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             c.rounds = a.rounds;
             c.round_timeout = a.round_timeout;
             (run_storm(&c).await?, a.out)
+        }
+        Command::Burst(a) => {
+            let mut c = BurstConfig::new(dial_options(&a.dial)?);
+            c.burst = a.burst;
+            c.bursts = a.bursts;
+            c.size = a.size;
+            c.burst_timeout = a.burst_timeout;
+            c.setup_timeout = a.setup_timeout;
+            (run_burst(&c).await?, a.out)
+        }
+        Command::Flood(a) => {
+            let mut c = FloodConfig::new(dial_options(&a.dial)?);
+            c.flooders = a.flooders;
+            c.frames_per_write = a.frames_per_write;
+            c.rate = a.rate;
+            c.size = a.size;
+            c.duration = a.duration;
+            c.warmup = a.warmup;
+            c.drain = a.drain;
+            c.setup_timeout = a.setup_timeout;
+            (run_flood(&c).await?, a.out)
         }
         Command::Probe(a) => {
             let json = std::fs::read_to_string(&a.derp_map)
