@@ -117,9 +117,33 @@ struct Outbox {
     /// At most one pending Pong: a Ping that arrives while one is pending is ignored (Go).
     pong: Option<[u8; 8]>,
     writer: WriterState,
+    /// When the writer's current socket write began, while one is in progress.
+    writing_since: Option<Instant>,
     /// Set once the connection ends; nothing is queued after that.
     closed: bool,
 }
+
+impl Outbox {
+    /// Whether the writer is moving data right now: spawned or woken and about to run, busy
+    /// encoding, or inside a socket write that began moments ago. Not when parked, held by
+    /// the handshake, or waiting on a socket that has not taken bytes for [`STUCK_AFTER`].
+    fn writer_keeping_up(&self) -> bool {
+        match self.writer {
+            WriterState::Held | WriterState::Parked => false,
+            WriterState::Scheduled | WriterState::Draining => match self.writing_since {
+                None => true,
+                Some(t) => t.elapsed() < STUCK_AFTER,
+            },
+        }
+    }
+}
+
+/// How far a full lane may stretch, in queue depths, while its writer keeps up.
+const BURST_FACTOR: usize = 8;
+
+/// A socket write pending longer than this means the receiver is not keeping up (a write to a
+/// socket with room completes in microseconds).
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The socket's write half and the writer's memory that outlives one writer task.
 pub(crate) struct Sink {
@@ -156,6 +180,9 @@ pub(crate) struct Conn {
     /// Parked while no writer runs; taken by the writer it spawns. Only the task that moved
     /// the outbox from `Parked` to `Scheduled` takes it, so the lock is never contended.
     sink: Mutex<Option<Sink>>,
+    /// Wakes a writer whose socket write is pending when a lane fills, so it moves the lane
+    /// into its buffer rather than let the lane head-drop.
+    filling: tokio::sync::Notify,
 
     // Guarded by the registry: set while the key has other connections too.
     pub(crate) is_dup: AtomicBool,
@@ -194,9 +221,11 @@ impl Conn {
                 control: VecDeque::new(),
                 pong: None,
                 writer: WriterState::Held,
+                writing_since: None,
                 closed: false,
             }),
             sink: Mutex::new(None),
+            filling: tokio::sync::Notify::new(),
             is_dup: AtomicBool::new(false),
         }
     }
@@ -245,11 +274,21 @@ impl Conn {
             return Enqueued::Closed;
         }
         let depth = self.depths.packets;
+        let writer_keeping_up = ob.writer_keeping_up();
         let lane = match packet.kind {
             PacketKind::Disco => &mut ob.disco,
             PacketKind::Other => &mut ob.data,
         };
-        let dropped = if lane.len() >= depth {
+        // A full lane head-drops, unless its writer is keeping up: then a burst may stretch it
+        // to BURST_FACTOR × depth, since the writer will have it out in moments (a receiver
+        // that keeps up loses nothing to a burst). A writer stuck on its socket (a receiver
+        // that stopped reading) gets no slack: its lane drops at `depth`, as Go's does.
+        let limit = if writer_keeping_up {
+            depth * BURST_FACTOR
+        } else {
+            depth
+        };
+        let dropped = if lane.len() >= limit {
             lane.pop_front()
         } else {
             None
@@ -258,10 +297,14 @@ impl Conn {
         let filling = lane.len() * 2 >= depth;
         let spawn = ob.writer == WriterState::Parked;
         let backlogged = filling && ob.writer == WriterState::Scheduled;
+        let wake_writer = filling && ob.writer == WriterState::Draining;
         if spawn {
             ob.writer = WriterState::Scheduled;
         }
         drop(ob);
+        if wake_writer {
+            self.filling.notify_one();
+        }
         if let Some(old) = dropped {
             metrics.drop_packet(DropReason::QueueHead, old.kind, old.data.len());
         }
@@ -369,6 +412,21 @@ impl Conn {
         true
     }
 
+    /// Records that a socket write began at `now` (see [`Outbox::writer_keeping_up`]).
+    pub(crate) fn write_started(&self, now: Instant) {
+        self.outbox().writing_since = Some(now);
+    }
+
+    /// Records that the socket write finished.
+    pub(crate) fn write_ended(&self) {
+        self.outbox().writing_since = None;
+    }
+
+    /// Resolves when a lane filled while the writer was draining (see [`Conn::filling`]).
+    pub(crate) async fn lane_filling(&self) {
+        self.filling.notified().await;
+    }
+
     /// Marks the writer as about to take its next batch: enqueuers that fill a lane from now
     /// on ask their reader to yield to it.
     pub(crate) fn writer_ready(&self) {
@@ -448,10 +506,21 @@ mod tests {
             .collect()
     }
 
+    /// A connection whose writer has been stuck in a socket write (its receiver stopped
+    /// reading).
+    fn stuck(depth: usize) -> Arc<Conn> {
+        let c = conn(depth);
+        let mut ob = c.outbox();
+        ob.writer = WriterState::Draining;
+        ob.writing_since = Some(Instant::now() - STUCK_AFTER * 2);
+        drop(ob);
+        c
+    }
+
     #[test]
-    fn full_queue_drops_oldest() {
+    fn full_queue_of_a_stuck_writer_drops_oldest() {
         let m = Metrics::new();
-        let c = conn(2);
+        let c = stuck(2);
         for n in 0..4 {
             c.enqueue_packet(packet(n), &m);
         }
@@ -459,9 +528,34 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_keeps_up_lets_a_burst_stretch_its_lane_within_a_bound() {
+        let m = Metrics::new();
+        let c = conn(2);
+        // The first packet schedules the writer; it is keeping up from then on.
+        for n in 0..(2 * BURST_FACTOR as u8 + 3) {
+            c.enqueue_packet(packet(n), &m);
+        }
+        let got = data_bytes(&c.queued());
+        assert_eq!(
+            got.len(),
+            2 * BURST_FACTOR,
+            "stretched to the bound, no further"
+        );
+        assert_eq!(got[0], 3, "beyond the bound the oldest still go");
+        // A write that began just now still counts as keeping up; one stuck for longer
+        // does not.
+        c.write_started(Instant::now());
+        assert!(c.outbox().writer_keeping_up());
+        c.outbox().writing_since = Some(Instant::now() - STUCK_AFTER * 2);
+        assert!(!c.outbox().writer_keeping_up());
+        c.write_ended();
+        assert!(c.outbox().writer_keeping_up());
+    }
+
+    #[test]
     fn disco_has_its_own_lane_and_goes_first() {
         let m = Metrics::new();
-        let c = conn(1);
+        let c = stuck(1);
         let mut disco = vec![0u8; 70];
         disco[..6].copy_from_slice(&derp_proto::disco::MAGIC);
         c.enqueue_packet(packet(1), &m);

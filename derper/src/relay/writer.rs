@@ -5,12 +5,13 @@
 //! the write deadline. When the outbox is empty it parks the sink and ends, giving back its
 //! buffer; the next queued frame spawns a new writer.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use derp_proto::ServerToClient;
+use bytes::{Buf, BufMut, BytesMut};
 use derp_proto::frame::{PeerGoneReason, encode_recv_packet_header};
+use derp_proto::{NodePublicKey, ServerToClient};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
@@ -18,9 +19,12 @@ use super::Inner;
 use super::conn::{Conn, Control, Outgoing, Sink};
 use crate::metrics::{DropReason, PacketKind};
 
-/// Most frames drained into one write, so one busy connection cannot hold its writer in a
-/// drain loop forever and the buffer stays bounded (~64 × 64 KiB worst case).
+/// Most frames taken from the outbox under one lock.
 pub(crate) const MAX_BATCH_FRAMES: usize = 64;
+
+/// Most bytes the writer holds encoded while its socket is busy (one more batch of up to
+/// 64 frames may be added once below it, so the bound is this plus 64 × 64 KiB).
+const WRITE_BUFFER_CAP: usize = 256 * 1024;
 
 /// Why a writer stopped the connection.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,12 @@ pub(crate) fn spawn(relay: Arc<Inner>, conn: Arc<Conn>) {
 
 /// Drains the outbox until it is empty (parks the sink), the connection is cancelled, or a
 /// write fails.
+///
+/// Frames are encoded into a buffer and written with as few syscalls as the socket allows.
+/// While a write is pending (the receiver is a few milliseconds late), a lane that fills wakes
+/// the writer, which moves it into a second buffer (up to [`WRITE_BUFFER_CAP`]): the sender's
+/// burst waits here, encoded, instead of overflowing the lane. Each write must make progress
+/// within the write deadline; a receiver that stops reading is cut when it does not.
 async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
     // The sink is parked before the connection is registered, so only a connection that is
     // already ending finds it gone.
@@ -56,11 +66,28 @@ async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
         return Ok(());
     };
     let write_timeout = relay.write_timeout(conn.is_mesh);
+    let metrics = &relay.metrics;
     let mut batch = Vec::new();
-    let mut buf = BytesMut::new();
+    // `out` is being written; `next` fills while a write is pending. Their stats say what
+    // they hold that has not been written yet.
+    let (mut out, mut next) = (BytesMut::new(), BytesMut::new());
+    let (mut out_stats, mut next_stats) = (BatchStats::default(), BatchStats::default());
     let mut lingered = false;
     loop {
-        if !conn.take_batch(&mut batch, MAX_BATCH_FRAMES) {
+        if out.is_empty() {
+            std::mem::swap(&mut out, &mut next);
+            std::mem::swap(&mut out_stats, &mut next_stats);
+        }
+        // Newer frames go after everything already encoded: into `next` while it holds any.
+        let (fill, fill_stats) = if next.is_empty() {
+            (&mut out, &mut out_stats)
+        } else {
+            (&mut next, &mut next_stats)
+        };
+        while fill.len() < WRITE_BUFFER_CAP && conn.take_batch(&mut batch, MAX_BATCH_FRAMES) {
+            fill_stats.add(encode_batch(relay, conn, &mut sink, &mut batch, fill));
+        }
+        if out.is_empty() {
             if !lingered {
                 // Under steady traffic the next frame is usually queued while this one was
                 // written: look once more after letting other tasks run, rather than park
@@ -82,50 +109,79 @@ async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
             continue;
         }
         lingered = false;
-        let stats = encode_batch(relay, conn, &mut sink, &mut batch, &mut buf);
-        let io = &mut sink.io;
-        let write = async {
-            io.write_all(&buf).await?;
-            // TLS and WebSocket streams buffer inside; flush puts the bytes on the socket.
-            io.flush().await
+
+        let Sink { io, seen_src } = &mut sink;
+        conn.write_started(Instant::now());
+        let written = {
+            let write = deadline(write_timeout, io.write(&out));
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = conn.cancel.cancelled() => return Ok(()),
+                    r = &mut write => break r,
+                    _ = conn.lane_filling(), if next.len() < WRITE_BUFFER_CAP => {
+                        while next.len() < WRITE_BUFFER_CAP
+                            && conn.take_batch(&mut batch, MAX_BATCH_FRAMES)
+                        {
+                            next_stats.add(encode_frames(relay, conn, seen_src, &mut batch, &mut next));
+                        }
+                    }
+                }
+            }
         };
-        let result = tokio::select! {
-            biased;
-            _ = conn.cancel.cancelled() => return Ok(()),
-            r = deadline(write_timeout, write) => r,
+        conn.write_ended();
+        let result = match written {
+            Ok(0) => Err(WriteError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                out.advance(n);
+                if out.is_empty() && next.is_empty() {
+                    // TLS and WebSocket streams buffer inside; flush puts the bytes out.
+                    tokio::select! {
+                        biased;
+                        _ = conn.cancel.cancelled() => return Ok(()),
+                        r = deadline(write_timeout, io.flush()) => r,
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
         };
-        buf.clear();
         if let Err(e) = result {
+            out_stats.add(std::mem::take(&mut next_stats));
             for kind in [PacketKind::Disco, PacketKind::Other] {
-                let (packets, bytes) = stats.by_kind[kind as usize];
+                let (packets, bytes) = out_stats.by_kind[kind as usize];
                 if packets > 0 {
-                    relay
-                        .metrics
-                        .drop_packets(DropReason::WriteError, kind, packets, bytes);
+                    metrics.drop_packets(DropReason::WriteError, kind, packets, bytes);
                 }
             }
             if matches!(e, WriteError::Timeout(_)) {
-                relay.metrics.write_timeouts.increment(1);
+                metrics.write_timeouts.increment(1);
             }
             return Err(e);
         }
-        let metrics = &relay.metrics;
-        metrics.write_batch_frames.record(stats.frames as f64);
-        if stats.packets > 0 {
-            metrics.packets_sent.increment(stats.packets);
-            metrics.bytes_sent.increment(stats.bytes);
+        if out.is_empty() {
+            metrics.write_batch_frames.record(out_stats.frames as f64);
+            if out_stats.packets > 0 {
+                metrics.packets_sent.increment(out_stats.packets);
+                metrics.bytes_sent.increment(out_stats.bytes);
+            }
+            if let Some(t) = out_stats.oldest {
+                metrics.queue_delay.record(t.elapsed().as_secs_f64());
+            }
+            out_stats = BatchStats::default();
+            out.clear();
+            conn.writer_ready();
         }
-        if let Some(t) = stats.oldest {
-            metrics.queue_delay.record(t.elapsed().as_secs_f64());
-        }
-        conn.writer_ready();
     }
 }
 
-async fn deadline(
+/// Runs one write (or flush) under the write deadline, if there is one.
+async fn deadline<T>(
     timeout: Option<Duration>,
-    write: impl Future<Output = std::io::Result<()>>,
-) -> Result<(), WriteError> {
+    write: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, WriteError> {
     match timeout {
         Some(t) => match tokio::time::timeout(t, write).await {
             Ok(r) => r.map_err(WriteError::Io),
@@ -145,6 +201,22 @@ struct BatchStats {
     oldest: Option<Instant>,
 }
 
+impl BatchStats {
+    fn add(&mut self, other: Self) {
+        self.frames += other.frames;
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        for (mine, theirs) in self.by_kind.iter_mut().zip(other.by_kind) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        self.oldest = match (self.oldest, other.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// Encodes `batch` into `buf` (emptying `batch`) and records PeerGone bookkeeping for senders
 /// seen for the first time.
 fn encode_batch(
@@ -154,22 +226,33 @@ fn encode_batch(
     batch: &mut Vec<Outgoing>,
     buf: &mut BytesMut,
 ) -> BatchStats {
+    encode_frames(relay, conn, &mut sink.seen_src, batch, buf)
+}
+
+/// [`encode_batch`] with the sink's PeerGone bookkeeping passed alone, for use while the
+/// sink's stream is borrowed by a pending write.
+fn encode_frames(
+    relay: &Inner,
+    conn: &Conn,
+    seen_src: &mut HashSet<NodePublicKey>,
+    batch: &mut Vec<Outgoing>,
+    buf: &mut BytesMut,
+) -> BatchStats {
     let mut stats = BatchStats {
         frames: batch.len(),
         ..BatchStats::default()
     };
     for item in batch.drain(..) {
         match item {
-            Outgoing::Control(c) => encode_control(c, &mut sink.seen_src, buf),
+            Outgoing::Control(c) => encode_control(c, seen_src, buf),
             Outgoing::Pong(d) => {
                 ServerToClient::Pong(d).encode(buf);
                 relay.metrics.sent_pong.increment(1);
             }
             Outgoing::Packet(p) => {
-                if !sink.seen_src.contains(&p.src)
-                    && relay.registry.add_peer_gone_watcher(&p.src, conn)
+                if !seen_src.contains(&p.src) && relay.registry.add_peer_gone_watcher(&p.src, conn)
                 {
-                    sink.seen_src.insert(p.src);
+                    seen_src.insert(p.src);
                 }
                 encode_recv_packet_header(buf, &p.src, p.data.len());
                 buf.put_slice(&p.data);
@@ -186,11 +269,7 @@ fn encode_batch(
     stats
 }
 
-fn encode_control(
-    c: Control,
-    seen_src: &mut std::collections::HashSet<derp_proto::NodePublicKey>,
-    buf: &mut BytesMut,
-) {
+fn encode_control(c: Control, seen_src: &mut HashSet<NodePublicKey>, buf: &mut BytesMut) {
     match c {
         Control::PeerGone(peer, reason) => {
             if reason == PeerGoneReason::DISCONNECTED {
