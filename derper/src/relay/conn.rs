@@ -108,11 +108,45 @@ enum WriterState {
     Draining,
 }
 
+/// One packet lane: the packets and the bytes they hold.
+#[derive(Debug, Default)]
+struct Lane {
+    packets: VecDeque<Packet>,
+    bytes: usize,
+}
+
+impl Lane {
+    fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    fn push_back(&mut self, p: Packet) {
+        self.bytes += p.data.len();
+        self.packets.push_back(p);
+    }
+
+    fn pop_front(&mut self) -> Option<Packet> {
+        let p = self.packets.pop_front()?;
+        self.bytes -= p.data.len();
+        Some(p)
+    }
+
+    /// Empties the lane and gives its memory back.
+    fn take(&mut self) -> VecDeque<Packet> {
+        self.bytes = 0;
+        std::mem::take(&mut self.packets)
+    }
+}
+
 /// The queues other tasks push into; popped only by this connection's writer.
 #[derive(Debug)]
 struct Outbox {
-    data: VecDeque<Packet>,
-    disco: VecDeque<Packet>,
+    data: Lane,
+    disco: Lane,
     control: VecDeque<Control>,
     /// At most one pending Pong: a Ping that arrives while one is pending is ignored (Go).
     pong: Option<[u8; 8]>,
@@ -140,6 +174,10 @@ impl Outbox {
 
 /// How far a full lane may stretch, in queue depths, while its writer keeps up.
 const BURST_FACTOR: usize = 8;
+
+/// Bytes beyond which a lane no longer stretches: 8 × 32 packets of 1 280 B fit, while 64 KiB
+/// packets stretch a lane by at most 16 (so a lane holds at most this plus depth × 64 KiB).
+const BURST_BYTES: usize = 1 << 20;
 
 /// A socket write pending longer than this means the receiver is not keeping up (a write to a
 /// socket with room completes in microseconds).
@@ -216,8 +254,8 @@ impl Conn {
             },
             relay,
             outbox: Mutex::new(Outbox {
-                data: VecDeque::new(),
-                disco: VecDeque::new(),
+                data: Lane::default(),
+                disco: Lane::default(),
                 control: VecDeque::new(),
                 pong: None,
                 writer: WriterState::Held,
@@ -283,7 +321,7 @@ impl Conn {
         // to BURST_FACTOR × depth, since the writer will have it out in moments (a receiver
         // that keeps up loses nothing to a burst). A writer stuck on its socket (a receiver
         // that stopped reading) gets no slack: its lane drops at `depth`, as Go's does.
-        let limit = if writer_keeping_up {
+        let limit = if writer_keeping_up && lane.bytes < BURST_BYTES {
             depth * BURST_FACTOR
         } else {
             depth
@@ -406,8 +444,8 @@ impl Conn {
         }
         ob.writer = WriterState::Parked;
         // Give back what a burst grew; an idle connection holds no queue memory.
-        ob.data = VecDeque::new();
-        ob.disco = VecDeque::new();
+        ob.data.take();
+        ob.disco.take();
         ob.control = VecDeque::new();
         true
     }
@@ -444,7 +482,7 @@ impl Conn {
             ob.closed = true;
             ob.control = VecDeque::new();
             ob.pong = None;
-            (std::mem::take(&mut ob.data), std::mem::take(&mut ob.disco))
+            (ob.data.take(), ob.disco.take())
         };
         for p in data.into_iter().chain(disco) {
             metrics.drop_packet(DropReason::GoneDisconnected, p.kind, p.data.len());
@@ -458,8 +496,8 @@ impl Conn {
         let mut out = Vec::new();
         out.extend(ob.control.drain(..).map(Outgoing::Control));
         out.extend(ob.pong.take().map(Outgoing::Pong));
-        out.extend(ob.disco.drain(..).map(Outgoing::Packet));
-        out.extend(ob.data.drain(..).map(Outgoing::Packet));
+        out.extend(ob.disco.take().into_iter().map(Outgoing::Packet));
+        out.extend(ob.data.take().into_iter().map(Outgoing::Packet));
         out
     }
 }
@@ -641,7 +679,8 @@ mod tests {
         assert!(c.park_if_idle());
         let ob = c.outbox();
         assert_eq!(ob.writer, WriterState::Parked);
-        assert_eq!(ob.data.capacity(), 0);
+        assert_eq!(ob.data.packets.capacity(), 0);
+        assert_eq!(ob.data.bytes, 0);
     }
 
     #[test]
@@ -668,5 +707,29 @@ mod tests {
         assert!(c.take_sink().is_some(), "and takes its sink back");
         assert!(c.take_batch(&mut batch, 64));
         assert_eq!(data_bytes(&batch), [1]);
+    }
+
+    #[test]
+    fn a_lane_stretches_only_within_its_byte_budget() {
+        let m = Metrics::new();
+        let c = conn(2);
+        let big = |n: u8| {
+            let data = Bytes::from(vec![n; 64 * 1024]);
+            Packet {
+                src: NodePublicKey::from_bytes([2; 32]),
+                kind: PacketKind::Other,
+                data,
+                enqueued_at: Instant::now(),
+            }
+        };
+        for n in 0..20 {
+            c.enqueue_packet(big(n), &m);
+        }
+        let ob = c.outbox();
+        // Sixteen 64 KiB packets reach the 1 MiB budget; every packet after that pushes the
+        // oldest out, so the lane stays at the budget.
+        assert_eq!(ob.data.len(), 16);
+        assert_eq!(ob.data.bytes, BURST_BYTES);
+        assert_eq!(ob.data.packets.front().map(|p| p.data[0]), Some(4));
     }
 }
