@@ -312,16 +312,21 @@ impl Conn {
             return Enqueued::Closed;
         }
         let depth = self.depths.packets;
-        let writer_keeping_up = ob.writer_keeping_up();
-        let lane = match packet.kind {
-            PacketKind::Disco => &mut ob.disco,
-            PacketKind::Other => &mut ob.data,
+        let full = match packet.kind {
+            PacketKind::Disco => ob.disco.len() >= depth,
+            PacketKind::Other => ob.data.len() >= depth,
         };
         // A full lane head-drops, unless its writer is keeping up: then a burst may stretch it
         // to BURST_FACTOR × depth, since the writer will have it out in moments (a receiver
         // that keeps up loses nothing to a burst). A writer stuck on its socket (a receiver
-        // that stopped reading) gets no slack: its lane drops at `depth`, as Go's does.
-        let limit = if writer_keeping_up && lane.bytes < BURST_BYTES {
+        // that stopped reading) gets no slack: its lane drops at `depth`, as Go's does. Only
+        // a full lane asks (it may read the clock).
+        let stretch = full && ob.writer_keeping_up();
+        let lane = match packet.kind {
+            PacketKind::Disco => &mut ob.disco,
+            PacketKind::Other => &mut ob.data,
+        };
+        let limit = if stretch && lane.bytes < BURST_BYTES {
             depth * BURST_FACTOR
         } else {
             depth
