@@ -105,3 +105,27 @@ pub const DEV_ADDR: &str = "127.0.0.1:3340";
 
 /// STUN port (Go: 3478).
 pub const STUN_PORT: u16 = 3478;
+
+/// ForwardPacket frames one mesh link may queue: a burst of 8 192 packets (about 10 MiB of
+/// 1 280-byte packets at most, capped by bytes below) rides out a brief stall of the link.
+pub const MESH_LINK_QUEUE_PACKETS: usize = 8 * 1024;
+
+/// Bytes one mesh link may queue; bounds the memory a stalled peer relay can pin.
+pub const MESH_LINK_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Silence on a mesh link before it pings; three silent intervals (15 s) end the connection,
+/// well inside the peer's 60 s keepalive plus jitter.
+pub const MESH_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Budget for dialling a mesh peer, as Go's clients use.
+pub const MESH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First reconnect delay of a mesh link.
+pub const MESH_RECONNECT_MIN: Duration = Duration::from_millis(50);
+
+/// Longest reconnect delay of a mesh link: a restarted peer carries cross-node traffic again
+/// within about a second of accepting connections (Go retries every 5 s).
+pub const MESH_RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Keys one mesh link may announce (a peer relay's clients); more are refused and counted.
+pub const MESH_MAX_KEYS_PER_LINK: usize = 1 << 20;

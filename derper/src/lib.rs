@@ -22,6 +22,7 @@ pub mod http;
 pub mod keyfile;
 mod listener;
 mod log_limit;
+pub mod mesh;
 pub mod metrics;
 pub mod relay;
 pub mod tls;
@@ -64,6 +65,9 @@ pub enum SpawnError {
     /// The STUN server could not start.
     #[error("stun: {0}")]
     Stun(String),
+    /// The mesh settings could not be used.
+    #[error("mesh: {0}")]
+    Mesh(#[from] mesh::MeshError),
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -76,6 +80,7 @@ pub struct ServerHandle {
     tls: Option<tls::TlsSetup>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    mesh: Option<mesh::Mesh>,
 }
 
 /// The relay process: listeners around a [`Relay`].
@@ -144,6 +149,19 @@ impl Server {
             upgrade_response: relay.upgrade_response(),
         });
 
+        // Checked before binding anything, so a bad peer list fails start-up cleanly.
+        let mesh = if config.mesh.has_peers() {
+            Some(mesh::Mesh::new(
+                relay.clone(),
+                &config.mesh,
+                config.mesh_key.clone(),
+                tasks.clone(),
+                cancel.clone(),
+            )?)
+        } else {
+            None
+        };
+
         let main = bind_with_fallback(config.addr)?;
         let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
             addr: config.addr,
@@ -193,6 +211,10 @@ impl Server {
             let t = tasks.clone();
             tasks.spawn(l.run(c, t));
         }
+        let mesh = mesh.map(|(mut mesh, targets)| {
+            mesh.reconcile(&targets);
+            mesh
+        });
         Ok(ServerHandle {
             relay,
             main_addr,
@@ -201,6 +223,7 @@ impl Server {
             tls,
             cancel,
             tasks,
+            mesh,
         })
     }
 }
@@ -238,6 +261,16 @@ impl ServerHandle {
         &self.stun_addrs
     }
 
+    /// The running mesh, when peers are configured.
+    pub fn mesh(&self) -> Option<&mesh::Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// The running mesh, to change its targets (membership sources).
+    pub fn mesh_mut(&mut self) -> Option<&mut mesh::Mesh> {
+        self.mesh.as_mut()
+    }
+
     /// The TLS setup, when TLS is on.
     pub fn tls(&self) -> Option<&tls::TlsSetup> {
         self.tls.as_ref()
@@ -258,7 +291,10 @@ impl ServerHandle {
 
     /// Stops accepting, sends Restarting to every client, closes all connections and waits for
     /// every task to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(mesh) = &mut self.mesh {
+            mesh.stop();
+        }
         self.cancel.cancel();
         self.relay
             .shutdown(defaults::RESTART_HINT, defaults::SHUTDOWN_GRACE)

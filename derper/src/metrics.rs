@@ -39,6 +39,28 @@ pub mod names {
     pub const GOT_PING_TOTAL: &str = "derp_got_ping_total";
     /// `derp_handshake_failures_total`.
     pub const HANDSHAKE_FAILURES_TOTAL: &str = "derp_handshake_failures_total";
+    /// `derp_mesh_connects_total`.
+    pub const MESH_CONNECTS_TOTAL: &str = "derp_mesh_connects_total";
+    /// `derp_mesh_forwarded_bytes_total`.
+    pub const MESH_FORWARDED_BYTES_TOTAL: &str = "derp_mesh_forwarded_bytes_total";
+    /// `derp_mesh_forwarded_packets_total`.
+    pub const MESH_FORWARDED_PACKETS_TOTAL: &str = "derp_mesh_forwarded_packets_total";
+    /// `derp_mesh_link_keys`.
+    pub const MESH_LINK_KEYS: &str = "derp_mesh_link_keys";
+    /// `derp_mesh_link_queue_dropped_total`.
+    pub const MESH_LINK_QUEUE_DROPPED_TOTAL: &str = "derp_mesh_link_queue_dropped_total";
+    /// `derp_mesh_link_up`.
+    pub const MESH_LINK_UP: &str = "derp_mesh_link_up";
+    /// `derp_mesh_links`.
+    pub const MESH_LINKS: &str = "derp_mesh_links";
+    /// `derp_mesh_membership_changes_total`.
+    pub const MESH_MEMBERSHIP_CHANGES_TOTAL: &str = "derp_mesh_membership_changes_total";
+    /// `derp_mesh_presence_received_total`.
+    pub const MESH_PRESENCE_RECEIVED_TOTAL: &str = "derp_mesh_presence_received_total";
+    /// `derp_mesh_self_links_total`.
+    pub const MESH_SELF_LINKS_TOTAL: &str = "derp_mesh_self_links_total";
+    /// `derp_mesh_watch_set_full_total`.
+    pub const MESH_WATCH_SET_FULL_TOTAL: &str = "derp_mesh_watch_set_full_total";
     /// `derp_packets_dropped_total`.
     pub const PACKETS_DROPPED_TOTAL: &str = "derp_packets_dropped_total";
     /// `derp_packets_received_total`.

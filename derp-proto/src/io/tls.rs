@@ -36,7 +36,7 @@ pub use crate::cert::{
 };
 
 /// How a client checks the relay's certificate chain.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum ServerVerify {
     /// Normal WebPKI verification against the Mozilla roots in `webpki-roots` (which include
     /// Let's Encrypt, the roots Tailscale's clients bake in).
@@ -49,7 +49,24 @@ pub enum ServerVerify {
     /// ignored, exactly one other certificate must be presented, its SHA-256 must equal the pin,
     /// it must be valid for the dialed name and the current time lies in its validity window.
     Pin([u8; 32]),
+    /// Normal WebPKI verification against these roots instead of the baked-in Mozilla set:
+    /// the system trust store or an operator's CA bundle (mesh links).
+    Roots(Arc<RootCertStore>),
 }
+
+impl PartialEq for ServerVerify {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::WebPki, Self::WebPki) | (Self::Insecure, Self::Insecure) => true,
+            (Self::Pin(a), Self::Pin(b)) => a == b,
+            // Root stores have no equality; the same store is the same policy.
+            (Self::Roots(a), Self::Roots(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ServerVerify {}
 
 impl fmt::Debug for ServerVerify {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,6 +74,7 @@ impl fmt::Debug for ServerVerify {
             Self::WebPki => f.write_str("WebPki"),
             Self::Insecure => f.write_str("Insecure"),
             Self::Pin(pin) => write!(f, "Pin({CERT_NAME_PIN_PREFIX}{})", hex::encode(pin)),
+            Self::Roots(roots) => write!(f, "Roots({} certificates)", roots.len()),
         }
     }
 }
@@ -91,6 +109,7 @@ pub fn client_config(verify: ServerVerify) -> Arc<ClientConfig> {
             };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
+        ServerVerify::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
         ServerVerify::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(InsecureVerifier { algs }))

@@ -67,6 +67,17 @@ pub struct Cli {
     /// File holding the 64-hex-digit mesh key; connections presenting it are mesh peers.
     #[arg(long)]
     pub mesh_psk_file: Option<PathBuf>,
+    /// Peers to mesh with: comma list of `host`, `host/dial-host` or URLs
+    /// (`https://name:8443/derp`), each optionally `#sha256-raw:<hex>` to pin its certificate.
+    #[arg(long)]
+    pub mesh_with: Option<String>,
+    /// CA bundle (PEM) that mesh peers' certificates must chain to; default: system roots.
+    #[arg(long)]
+    pub mesh_ca: Option<PathBuf>,
+    /// Allow `http://` mesh peers. The mesh key then crosses the network readable by anyone
+    /// in the path who answers as the peer.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub mesh_allow_plain: bool,
     /// Per-flush write deadline for regular clients (Go duration, `0` disables).
     #[arg(long, default_value_t = GoDuration(defaults::WRITE_TIMEOUT))]
     pub tcp_write_timeout: GoDuration,
@@ -98,8 +109,6 @@ pub struct Cli {
 
     // Flags Go derper has that this relay does not implement yet. They are parsed so an existing
     // unit file gets a clear refusal instead of "unknown flag".
-    #[arg(long, hide = true)]
-    pub mesh_with: Option<String>,
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub verify_clients: bool,
     #[arg(long, hide = true)]
@@ -314,6 +323,15 @@ impl CommandLine {
         if let Some(path) = &c.mesh_psk_file {
             s.mesh.psk_file = Some(path.clone());
         }
+        if let Some(list) = &c.mesh_with {
+            s.mesh.peers = list.split(',').map(str::to_string).collect();
+        }
+        if let Some(path) = &c.mesh_ca {
+            s.mesh.ca_file = Some(path.clone());
+        }
+        if self.given("mesh_allow_plain") {
+            s.mesh.allow_plain = c.mesh_allow_plain;
+        }
     }
 }
 
@@ -328,11 +346,6 @@ impl Cli {
                 Ok(())
             }
         };
-        unsupported(
-            self.mesh_with.is_some(),
-            "--mesh-with",
-            "outbound mesh peering is planned; inbound mesh peers work with --mesh-psk-file",
-        )?;
         unsupported(
             self.verify_clients,
             "--verify-clients",

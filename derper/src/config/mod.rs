@@ -129,6 +129,8 @@ pub struct ServerConfig {
     pub home: HomePage,
     /// Mesh pre-shared key.
     pub mesh_key: Option<MeshKey>,
+    /// Outbound mesh: peers and link tunables (the key is `mesh_key`).
+    pub mesh: MeshSettings,
     /// Prometheus listener.
     pub metrics_addr: Option<SocketAddr>,
     /// The relay core's queues and deadlines; [`crate::RelayConfig`] embeds them whole.
@@ -155,6 +157,7 @@ impl ServerConfig {
             derp_enabled: defaults.server.derp,
             home: HomePage::Default,
             mesh_key: None,
+            mesh: MeshSettings::default(),
             metrics_addr: None,
             relay: defaults.relay,
             max_connections: None,
@@ -218,6 +221,7 @@ impl Settings {
             derp_enabled: server.derp,
             home: parse_home(&server.home)?,
             mesh_key,
+            mesh,
             metrics_addr: listen.metrics_addr,
             relay,
             max_connections: listen.max_connections,

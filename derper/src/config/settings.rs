@@ -1,8 +1,7 @@
 //! The configuration schema: what `--config-file` accepts and `--print-config` prints.
 //!
 //! Every section denies unknown keys and fills missing ones from [`crate::defaults`].
-//! Durations are Go duration strings (`"2s"`, `"1m30s"`). The `[mesh]` peer keys,
-//! `[admission]` and `[limits]` describe features that are not built yet: they are parsed and
+//! Durations are Go duration strings (`"2s"`, `"1m30s"`). `[admission]` and `[limits]` describe features that are not built yet: they are parsed and
 //! checked now, and setting them is refused at start-up rather than silently ignored.
 
 use std::net::SocketAddr;
@@ -28,7 +27,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// `[relay]`: the relay core's queues and deadlines.
     pub relay: RelaySettings,
-    /// `[mesh]`: the mesh key and (not built yet) outbound peers.
+    /// `[mesh]`: the mesh key and outbound peering.
     pub mesh: MeshSettings,
     /// `[admission]`: client verification (not built yet).
     pub admission: AdmissionSettings,
@@ -230,8 +229,8 @@ impl RelaySettings {
     }
 }
 
-/// `[mesh]`: the mesh key, and outbound peering (not built yet).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `[mesh]`: the mesh key, the peers this relay links to, and how links behave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MeshSettings {
@@ -239,36 +238,101 @@ pub struct MeshSettings {
     /// are mesh peers. Only the path is ever printed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psk_file: Option<PathBuf>,
-    /// Not built yet. Peers to dial, each in `--mesh-with` syntax: `host` or
-    /// `host/dial-host`.
+    /// `--mesh-with`: peers to link to, each `host`, `host/dial-host` (derper's syntax) or a
+    /// URL, optionally with `#sha256-raw:<hex>` to pin the peer's certificate.
     pub peers: Vec<String>,
-    /// Not built yet. Dial peers over plain HTTP instead of TLS.
+    /// `--mesh-allow-plain`: allow `http://` peers (the mesh key is then exposed to anyone
+    /// in the path who answers as the peer).
     pub allow_plain: bool,
-    /// Not built yet. CA bundle that peer certificates must chain to.
+    /// `--mesh-ca`: CA bundle (PEM) that peer certificates must chain to, instead of the
+    /// system roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// ForwardPacket frames one link may queue before dropping the oldest.
+    pub queue_packets: usize,
+    /// Bytes one link may queue before dropping the oldest.
+    pub queue_bytes: usize,
+    /// Silence on a link after which it sends a Ping; three silent intervals end it.
+    #[serde(with = "go_duration")]
+    pub ping_interval: Duration,
+    /// Budget for dialling a peer (TCP, TLS, upgrade and handshake).
+    #[serde(with = "go_duration")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay after a link breaks.
+    #[serde(with = "go_duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "go_duration")]
+    pub reconnect_max: Duration,
+    /// Write deadline on links (the inbound side uses `relay.mesh_write_timeout`).
+    #[serde(with = "go_duration")]
+    pub write_timeout: Duration,
+    /// Keys one link may announce; more are refused and counted.
+    pub max_keys_per_link: usize,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            psk_file: None,
+            peers: Vec::new(),
+            allow_plain: false,
+            ca_file: None,
+            queue_packets: defaults::MESH_LINK_QUEUE_PACKETS,
+            queue_bytes: defaults::MESH_LINK_QUEUE_BYTES,
+            ping_interval: defaults::MESH_PING_INTERVAL,
+            connect_timeout: defaults::MESH_CONNECT_TIMEOUT,
+            reconnect_min: defaults::MESH_RECONNECT_MIN,
+            reconnect_max: defaults::MESH_RECONNECT_MAX,
+            write_timeout: defaults::MESH_WRITE_TIMEOUT,
+            max_keys_per_link: defaults::MESH_MAX_KEYS_PER_LINK,
+        }
+    }
 }
 
 impl MeshSettings {
+    /// Whether outbound links are configured.
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         for peer in &self.peers {
-            let mut parts = peer.split('/');
-            let well_formed = parts.all(|p| !p.is_empty() && !p.contains(char::is_whitespace))
-                && peer.matches('/').count() <= 1;
-            if !well_formed {
-                return Err(invalid(
-                    "mesh.peers",
-                    format!("{peer:?} is not `host` or `host/dial-host`"),
-                ));
+            crate::mesh::PeerTarget::parse(peer)
+                .map_err(|e| invalid("mesh.peers", e.to_string()))?;
+        }
+        for (key, value) in [
+            ("mesh.queue_packets", self.queue_packets),
+            ("mesh.queue_bytes", self.queue_bytes),
+            ("mesh.max_keys_per_link", self.max_keys_per_link),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be more than 0"));
             }
         }
-        const OUTBOUND: Unbuilt = (
-            "outbound mesh",
-            "inbound mesh peers work with mesh.psk_file (--mesh-psk-file)",
-        );
-        refuse(!self.peers.is_empty(), "mesh.peers", OUTBOUND)?;
-        refuse(self.allow_plain, "mesh.allow_plain", OUTBOUND)?;
-        refuse(self.ca_file.is_some(), "mesh.ca_file", OUTBOUND)
+        for (key, value) in [
+            ("mesh.ping_interval", self.ping_interval),
+            ("mesh.connect_timeout", self.connect_timeout),
+            ("mesh.reconnect_min", self.reconnect_min),
+            ("mesh.write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(invalid(
+                "mesh.reconnect_max",
+                "must not be less than mesh.reconnect_min",
+            ));
+        }
+        if self.has_peers() && self.psk_file.is_none() {
+            return Err(invalid(
+                "mesh.peers",
+                "--mesh-with requires --mesh-psk-file (mesh.psk_file)",
+            ));
+        }
+        Ok(())
     }
 }
 

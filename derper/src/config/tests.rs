@@ -87,12 +87,46 @@ fn dev_defaults_to_loopback_plain_http_and_stun() {
 }
 
 #[test]
-fn unbuilt_features_are_refused() {
+fn mesh_with_needs_a_key_and_well_formed_peers() {
     let err = cmd(&["-dev", "-mesh-with=a,b"])
         .unwrap()
         .into_config()
         .unwrap_err();
-    assert!(err.to_string().contains("--mesh-with"));
+    assert!(
+        err.to_string()
+            .contains("--mesh-with requires --mesh-psk-file"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, "ab".repeat(32)).unwrap();
+    let psk_flag = format!("--mesh-psk-file={}", psk.display());
+    let err = cmd(&["-dev", &psk_flag, "-mesh-with=a/b/c"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.to_string().contains("too many components"), "{err}");
+    let cfg = cmd(&[
+        "-dev",
+        &psk_flag,
+        "-mesh-with=derp2.example.com,derp3.example.com/10.0.0.3,http://10.0.0.4:3340/derp",
+        "--mesh-allow-plain",
+        "--mesh-ca=/etc/ssl/region-ca.pem",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(cfg.mesh.peers.len(), 3);
+    assert!(cfg.mesh.allow_plain);
+    assert_eq!(
+        cfg.mesh.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ssl/region-ca.pem"))
+    );
+    assert!(cfg.mesh_key.is_some());
+}
+
+#[test]
+fn unbuilt_features_are_refused() {
     let err = cmd(&["-dev", "-verify-clients"])
         .unwrap()
         .into_config()
@@ -257,9 +291,6 @@ fn print_config_shows_the_psk_path_not_the_key() {
 #[test]
 fn reserved_sections_are_refused_when_set() {
     for (file, key) in [
-        ("[mesh]\npeers = [\"derp2.example\"]", "mesh.peers"),
-        ("[mesh]\nallow_plain = true", "mesh.allow_plain"),
-        ("[mesh]\nca_file = \"/ca.pem\"", "mesh.ca_file"),
         (
             "[admission]\nverify_client_url = \"https://a.example/\"",
             "admission.verify_client_url",
@@ -289,11 +320,12 @@ fn reserved_sections_are_refused_when_set() {
         );
         assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
     }
+    // Mesh peers are built: in a file they need the key file like --mesh-with does.
     let err = settings_with_file("[mesh]\npeers = [\"a.example\"]", &["--dev"]).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "config key `mesh.peers`: outbound mesh is not implemented yet; \
-         inbound mesh peers work with mesh.psk_file (--mesh-psk-file)"
+    assert!(
+        err.to_string()
+            .contains("--mesh-with requires --mesh-psk-file"),
+        "{err}"
     );
     // Present but unset (as --print-config writes them): accepted.
     settings_with_file(

@@ -208,6 +208,11 @@ impl Relay {
         self.inner.public_key
     }
 
+    /// The server's DERP secret key (mesh links log in with it, as Go's do).
+    pub(crate) fn secret(&self) -> &NodeSecretKey {
+        &self.inner.secret
+    }
+
     /// The `101 Switching Protocols` response a transport writes as [`ConnMeta::preface`]
     /// for an `Upgrade: DERP` request.
     pub fn upgrade_response(&self) -> Bytes {
