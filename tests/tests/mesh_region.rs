@@ -6,6 +6,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use derp_proto::frame::PeerGoneReason;
@@ -72,7 +74,9 @@ async fn until_delivered(from: &mut Client, to: &mut Client) -> Duration {
         let got = tokio::time::timeout(Duration::from_millis(20), async {
             loop {
                 match to.recv().await.expect("recv") {
-                    ServerToClient::RecvPacket { src, .. } if src == from.public_key() => {
+                    ServerToClient::RecvPacket { src, packet }
+                        if src == from.public_key() && &packet[..] == b"probe" =>
+                    {
                         return;
                     }
                     _ => {}
@@ -90,13 +94,23 @@ async fn until_delivered(from: &mut Client, to: &mut Client) -> Duration {
     }
 }
 
+/// The next packet that is not a leftover probe of [`until_delivered`].
+async fn next_packet(c: &mut Client) -> (derp_proto::NodePublicKey, Vec<u8>) {
+    loop {
+        let (src, data) = common::recv_packet(c).await;
+        if data != b"probe" {
+            return (src, data);
+        }
+    }
+}
+
 async fn exchange(a: &mut Client, b: &mut Client) {
     for i in 0..20u8 {
         a.send_packet(&b.public_key(), &[i; 100]).await.unwrap();
-        let (src, data) = common::recv_packet(b).await;
+        let (src, data) = next_packet(b).await;
         assert_eq!((src, data), (a.public_key(), vec![i; 100]));
         b.send_packet(&a.public_key(), &[i; 200]).await.unwrap();
-        let (src, data) = common::recv_packet(a).await;
+        let (src, data) = next_packet(a).await;
         assert_eq!((src, data), (b.public_key(), vec![i; 200]));
     }
 }
@@ -218,4 +232,199 @@ async fn a_wrong_mesh_key_is_refused_and_others_keep_talking() {
         tokio::time::timeout(Duration::from_millis(500), until_delivered(&mut x, &mut a)).await;
     assert!(refused.is_err(), "impostor forwarded into the region");
     exchange(&mut a, &mut b).await;
+}
+
+/// A relay of the region serving TLS with a self-signed certificate for 127.0.0.1 kept in
+/// `dir`; returns its config and the certificate's pin.
+fn tls_node_config(port: u16, dir: &std::path::Path, key: &MeshKey) -> (ServerConfig, String) {
+    let opts = derper::tls::TlsOptions {
+        cert_mode: derper::tls::CertMode::Manual,
+        cert_dir: dir.to_path_buf(),
+        hostname: "127.0.0.1".into(),
+    };
+    // Generates the certificate now (the server loads the same files), so every node's pin
+    // is known before any node starts.
+    let setup = derper::tls::load(&opts, &[0; 32]).expect("generate certificate");
+    let mut config = node_config(port, &[], key);
+    config.tls = Some(opts);
+    config.mesh.allow_plain = false;
+    (config, setup.leaf_sha256_hex.clone())
+}
+
+#[tokio::test]
+async fn tls_links_verify_pinned_certificates() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports = [free_port(), free_port()];
+    let mut configs = Vec::new();
+    let mut peers = Vec::new();
+    for (port, dir) in ports.iter().zip(&dirs) {
+        let (config, pin) = tls_node_config(*port, dir.path(), &mesh_key());
+        peers.push(format!("https://127.0.0.1:{port}/derp#sha256-raw:{pin}"));
+        configs.push(config);
+    }
+    let mut nodes = Vec::new();
+    for mut config in configs {
+        config.mesh.peers = peers.clone();
+        nodes.push(Server::spawn(config).await.unwrap());
+    }
+    let mut a = common::connect(&nodes[0].derp_url()).await;
+    let mut b = common::connect(&nodes[1].derp_url()).await;
+    until_delivered(&mut a, &mut b).await;
+    exchange(&mut a, &mut b).await;
+
+    // A node that pins the wrong certificate never links: its clients cannot reach b.
+    let wrong_pin = format!(
+        "https://127.0.0.1:{}/derp#sha256-raw:{}",
+        ports[1],
+        "00".repeat(32)
+    );
+    let mut config = node_config(free_port(), &[wrong_pin], &mesh_key());
+    config.mesh.allow_plain = false;
+    let impostor = Server::spawn(config).await.unwrap();
+    let mut x = common::connect(&impostor.derp_url()).await;
+    let reached =
+        tokio::time::timeout(Duration::from_millis(500), until_delivered(&mut x, &mut b)).await;
+    assert!(reached.is_err(), "linked despite a wrong pin");
+}
+
+#[tokio::test]
+async fn plain_peers_need_the_explicit_opt_in() {
+    let mut config = node_config(
+        free_port(),
+        &["http://127.0.0.1:1/derp".into()],
+        &mesh_key(),
+    );
+    config.mesh.allow_plain = false;
+    let err = Server::spawn(config).await.unwrap_err().to_string();
+    assert!(err.contains("--mesh-allow-plain"), "{err}");
+    assert!(err.contains("mesh key"), "{err}");
+}
+
+/// A TCP proxy that can cut every connection through it, or stop moving bytes while keeping
+/// connections open (a black hole: the far side seems to have vanished).
+struct Proxy {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    hole: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let hole = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (hole2, accepted2) = (hole.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                let hole = hole2.clone();
+                tokio::spawn(async move {
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    // Dropping the halves when one side ends (or on a cut) closes both sockets.
+                    tokio::select! {
+                        _ = cut_rx.changed() => {}
+                        _ = pump(ir, ow, hole.clone()) => {}
+                        _ = pump(or, iw, hole) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            cut,
+            hole,
+            accepted,
+            _task: task,
+        }
+    }
+
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn black_hole(&self, on: bool) {
+        self.hole.store(on, Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    hole: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // In a black hole nothing is read, so nothing is lost: the bytes wait in the kernel.
+        while hole.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cut_or_silent_link_reconnects_and_routes_converge() {
+    // Node 0 reaches node 1 through the proxy; node 1 reaches node 0 directly.
+    let ports = [free_port(), free_port()];
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], ports[1]))).await;
+    let key = mesh_key();
+    let mut c0 = node_config(
+        ports[0],
+        &[format!("http://127.0.0.1:{}/derp", proxy.addr.port())],
+        &key,
+    );
+    c0.mesh.ping_interval = Duration::from_millis(100);
+    let c1 = node_config(
+        ports[1],
+        &[format!("http://127.0.0.1:{}/derp", ports[0])],
+        &key,
+    );
+    let n0 = Server::spawn(c0).await.unwrap();
+    let n1 = Server::spawn(c1).await.unwrap();
+    let mut a = common::connect(&n0.derp_url()).await;
+    let mut b = common::connect(&n1.derp_url()).await;
+    until_delivered(&mut a, &mut b).await;
+
+    // Cut mid-stream: the link sees the connection close and reconnects.
+    proxy.cut_all();
+    let t = until_delivered(&mut a, &mut b).await;
+    eprintln!("after a cut link, A→B converged again in {t:?}");
+    exchange(&mut a, &mut b).await;
+
+    // Black hole: nothing arrives and nothing is refused; pings go unanswered and after
+    // three silent intervals the link gives up and reconnects (the proxy forwards again).
+    let before = proxy.accepted();
+    proxy.black_hole(true);
+    a.send_packet(&b.public_key(), b"stuck").await.unwrap();
+    // The link notices the silence and dials again (through the proxy).
+    assert!(common::eventually(|| async { proxy.accepted() > before }).await);
+    proxy.black_hole(false);
+    let t = until_delivered(&mut a, &mut b).await;
+    eprintln!("after a silent link, A→B converged again in {t:?}");
+    exchange(&mut a, &mut b).await;
+    drop((n0, n1));
 }
