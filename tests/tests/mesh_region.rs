@@ -128,10 +128,15 @@ async fn clients_on_three_nodes_talk_both_ways() {
     exchange(&mut a, &mut b).await;
     exchange(&mut b, &mut c).await;
     exchange(&mut c, &mut a).await;
-    // Each node linked to the two others and skipped itself.
-    for node in &r.nodes {
+    // Each node linked to the two others and found itself by server key.
+    for (node, url) in r.nodes.iter().zip(&r.urls) {
         let mesh = node.mesh().expect("mesh configured");
         assert_eq!(mesh.targets().count(), 3);
+        assert!(
+            common::eventually(|| async { mesh.self_targets().len() == 1 }).await,
+            "self not detected"
+        );
+        assert_eq!(&mesh.self_targets()[0].url, url);
     }
 }
 

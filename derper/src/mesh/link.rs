@@ -134,6 +134,11 @@ impl Link {
                 r = self.connect() => r,
             };
             match connected {
+                Err(ClientError::RefusedServerKey(_)) => {
+                    self.ctx.metrics.self_links.increment(1);
+                    tracing::info!(peer = %self.target, "mesh target is this relay; not meshing with it");
+                    return LinkExit::SelfConnect;
+                }
                 Err(e) => {
                     failures += 1;
                     self.metrics.connects_failed.increment(1);
@@ -142,11 +147,6 @@ impl Link {
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(peer = %self.target, url = %self.target.url, failures, error = %e, "mesh link cannot connect");
                     }
-                }
-                Ok(client) if client.server_key() == self.ctx.relay.public_key() => {
-                    self.ctx.metrics.self_links.increment(1);
-                    tracing::info!(peer = %self.target, "mesh target is this relay; not meshing with it");
-                    return LinkExit::SelfConnect;
                 }
                 Ok(client) => {
                     failures = 0;
@@ -180,6 +180,9 @@ impl Link {
         let mut opts = ConnectOptions::new(self.target.url.clone(), self.ctx.secret.clone())
             .with_mesh_key(self.ctx.mesh_key.clone());
         opts.connect_timeout = s.connect_timeout;
+        // Detect ourselves by server key before logging in (our own server refuses its own
+        // key as a client's).
+        opts.refuse_server_key = Some(self.ctx.relay.public_key());
         opts.verify = match self.target.pin {
             Some(pin) => ServerVerify::Pin(pin),
             None => self.ctx.verify.clone(),

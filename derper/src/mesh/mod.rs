@@ -26,6 +26,7 @@ mod metrics;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use derp_proto::MeshKey;
 use derp_proto::backoff::{BackoffConfig, Jitter};
@@ -79,6 +80,8 @@ pub struct Mesh {
 #[derive(Debug)]
 struct Running {
     cancel: CancellationToken,
+    /// Set by the link when the target turned out to be this relay.
+    is_self: Arc<AtomicBool>,
 }
 
 impl Mesh {
@@ -164,13 +167,15 @@ impl Mesh {
             let id = LinkId(self.next_id);
             self.next_id += 1;
             let cancel = self.cancel.child_token();
-            let (ctx, target, c) = (self.ctx.clone(), t.clone(), cancel.clone());
+            let is_self = Arc::new(AtomicBool::new(false));
+            let (ctx, target, c, flag) =
+                (self.ctx.clone(), t.clone(), cancel.clone(), is_self.clone());
             self.tasks.spawn(async move {
-                if link::run(ctx, id, target.clone(), c).await == LinkExit::SelfConnect {
-                    tracing::debug!(peer = %target, "self link stopped");
+                if link::run(ctx, id, target, c).await == LinkExit::SelfConnect {
+                    flag.store(true, Ordering::Relaxed);
                 }
             });
-            self.links.insert(t.clone(), Running { cancel });
+            self.links.insert(t.clone(), Running { cancel, is_self });
             self.ctx.metrics.links_added.increment(1);
             tracing::info!(peer = %t, url = %t.url, "mesh peer added");
         }
@@ -183,6 +188,15 @@ impl Mesh {
     /// Targets with a link (including ones found to be this relay).
     pub fn targets(&self) -> impl Iterator<Item = &PeerTarget> {
         self.links.keys()
+    }
+
+    /// Targets found to be this relay (their links stopped after the first connect).
+    pub fn self_targets(&self) -> Vec<&PeerTarget> {
+        self.links
+            .iter()
+            .filter(|(_, r)| r.is_self.load(Ordering::Relaxed))
+            .map(|(t, _)| t)
+            .collect()
     }
 
     /// Stops every link.

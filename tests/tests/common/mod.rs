@@ -216,3 +216,37 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Our `derper` binary (`DERPER_BIN`, or `target/debug/derper` that `scripts/test.sh` builds
+/// first). `None` prints why; under `CI=true` absence is a failure.
+pub fn our_derper() -> Option<PathBuf> {
+    let candidate = std::env::var_os("DERPER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/derper")
+        });
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "our derper binary not found at {candidate:?}; build it first (cargo build -p derper)"
+        );
+    }
+    eprintln!("SKIPPED: our derper binary not found at {candidate:?} (cargo build -p derper)");
+    None
+}
+
+/// Waits until something accepts TCP connections on `port` (at most 10 s).
+pub async fn wait_for_port(port: u16) -> bool {
+    for _ in 0..1000 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

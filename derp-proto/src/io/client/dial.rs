@@ -49,6 +49,9 @@ pub struct ConnectOptions {
     pub local_addr: Option<IpAddr>,
     /// Connect here instead of resolving the URL host (derper's `--mesh-with host/dialhost`).
     pub dial_addr: Option<SocketAddr>,
+    /// Stop before sending anything if the server presents this key (a relay's own key, for
+    /// its mesh links); see [`HandshakeOptions::refuse_server_key`].
+    pub refuse_server_key: Option<NodePublicKey>,
 }
 
 impl ConnectOptions {
@@ -66,6 +69,7 @@ impl ConnectOptions {
             fast_start: true,
             local_addr: None,
             dial_addr: None,
+            refuse_server_key: None,
         }
     }
 
@@ -110,6 +114,13 @@ async fn connect_inner(opts: &ConnectOptions) -> Result<Client, ClientError> {
         // Only under TLS 1.3, where certificates are encrypted.
         metacert_key = server_key_from_connection(tls.get_ref().1)
             .map(|(key, _version)| NodePublicKey::from_bytes(key));
+        // The metacert names the server before anything is sent; a refused key stops here,
+        // so not even the upgrade request (which may carry ClientInfo) goes out.
+        if let Some(key) = metacert_key
+            && opts.refuse_server_key == Some(key)
+        {
+            return Err(ClientError::RefusedServerKey(key));
+        }
         Box::new(tls)
     } else {
         Box::new(tcp)
@@ -118,6 +129,7 @@ async fn connect_inner(opts: &ConnectOptions) -> Result<Client, ClientError> {
     let mut handshake = HandshakeOptions {
         info: opts.client_info(),
         info_sent_to: None,
+        refuse_server_key: opts.refuse_server_key,
     };
     let (stream, leftover) = match opts.transport {
         Transport::WebSocket => (websocket(stream, &target).await?, Default::default()),

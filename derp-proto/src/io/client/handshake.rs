@@ -20,6 +20,10 @@ pub struct HandshakeOptions {
     /// start sends it with the upgrade request). The handshake then only checks that ServerKey
     /// names this key instead of sending ClientInfo again.
     pub info_sent_to: Option<NodePublicKey>,
+    /// Stop with [`ClientError::RefusedServerKey`] before sending anything if the server
+    /// presents this key. A relay's mesh links set their own key, so a relay that finds
+    /// itself in its peer list never logs in to itself.
+    pub refuse_server_key: Option<NodePublicKey>,
 }
 
 impl HandshakeOptions {
@@ -28,6 +32,7 @@ impl HandshakeOptions {
         Self {
             info: ClientInfo::new(),
             info_sent_to: None,
+            refuse_server_key: None,
         }
     }
 
@@ -74,6 +79,9 @@ impl<S: Stream> Client<S> {
 
         let frame = reader.read_frame().await?;
         let server_key = handshake::read_server_key(&frame)?;
+        if opts.refuse_server_key == Some(server_key) {
+            return Err(ClientError::RefusedServerKey(server_key));
+        }
         match opts.info_sent_to {
             // ClientInfo already went out with the request; the ServerKey must agree with the
             // key it was sealed to, or the server cannot open it.
@@ -266,6 +274,34 @@ mod tests {
                 if expected == other && got == server.public_key()),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_server_key_stops_before_client_info() {
+        let server = NodeSecretKey::from_bytes(SERVER);
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let (mut r, mut w) = tokio::io::split(server_io);
+        let mut buf = BytesMut::new();
+        handshake::write_server_key(&mut buf, &server.public_key());
+        w.write_all(&buf).await.expect("write");
+        let opts = HandshakeOptions {
+            refuse_server_key: Some(server.public_key()),
+            ..HandshakeOptions::new().with_mesh_key(MeshKey::from_bytes([1; 32]))
+        };
+        let secret = NodeSecretKey::from_bytes(CLIENT);
+        let err = Client::handshake_over(client_io, BytesMut::new(), &secret, &opts)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, ClientError::RefusedServerKey(k) if k == server.public_key()),
+            "{err}"
+        );
+        // Nothing was sent: the client hung up without a byte.
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut rest)
+            .await
+            .expect("read");
+        assert!(rest.is_empty(), "client sent {} bytes", rest.len());
     }
 
     #[tokio::test]

@@ -70,6 +70,10 @@ pub enum ClientError {
         /// The key the ServerKey frame carried.
         got: NodePublicKey,
     },
+    /// The server presented a key the caller refused
+    /// ([`HandshakeOptions::refuse_server_key`]); nothing was sent.
+    #[error("server key {0:?} refused (it is our own)")]
+    RefusedServerKey(NodePublicKey),
     /// Reading failed or the connection closed.
     #[error(transparent)]
     Read(#[from] ReadFrameError),
