@@ -430,6 +430,16 @@ fn describe() {
     );
 }
 
+/// The `direction="in"` forwarding counters for packets a mesh peer relay called `peer`
+/// forwards to us.
+pub(crate) fn mesh_inbound(peer: &str) -> (Counter, Counter) {
+    let p = peer.to_string();
+    (
+        counter!(names::MESH_FORWARDED_PACKETS_TOTAL, "peer" => p.clone(), "direction" => "in"),
+        counter!(names::MESH_FORWARDED_BYTES_TOTAL, "peer" => p, "direction" => "in"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

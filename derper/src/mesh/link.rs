@@ -154,12 +154,15 @@ impl Link {
                     backoff.connected(Instant::now());
                     let server = client.server_key();
                     tracing::info!(peer = %self.target, server_key = %server.short(), "mesh link up");
+                    let name: Arc<str> = self.target.name.as_str().into();
+                    self.ctx.relay.name_mesh_peer(server, Some(name));
                     self.metrics.up.set(1.0);
                     self.ctx.metrics.links_up.increment(1.0);
                     let end = self.session(client, cancel).await;
                     self.metrics.up.set(0.0);
                     self.ctx.metrics.links_up.decrement(1.0);
                     let withdrawn = self.withdraw_all();
+                    self.ctx.relay.name_mesh_peer(server, None);
                     if matches!(end, SessionEnd::Cancelled) {
                         return LinkExit::Cancelled;
                     }

@@ -149,6 +149,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Owns writer tasks (readers are owned by the transport's task that called `accept`).
     pub(crate) tasks: TaskTracker,
+    /// Names of the peer relays our mesh links reach, by server key: the `peer` label of
+    /// packets those relays forward to us.
+    pub(crate) mesh_peer_names:
+        std::sync::RwLock<std::collections::HashMap<NodePublicKey, Arc<str>>>,
 }
 
 impl Inner {
@@ -199,6 +203,7 @@ impl Relay {
                 lifecycle: Mutex::new(Lifecycle::default()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                mesh_peer_names: Default::default(),
             }),
         }
     }
@@ -242,6 +247,20 @@ impl Relay {
     /// false if the key already has the maximum number of forwarders.
     pub fn add_forwarder(&self, key: NodePublicKey, fwd: ForwarderHandle) -> bool {
         self.inner.registry.add_forwarder(key, fwd)
+    }
+
+    /// Records that the relay with server key `key` is the mesh peer called `name` (a link to
+    /// it is up), or forgets it (`None`).
+    pub(crate) fn name_mesh_peer(&self, key: NodePublicKey, name: Option<Arc<str>>) {
+        let mut names = self
+            .inner
+            .mesh_peer_names
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match name {
+            Some(n) => names.insert(key, n),
+            None => names.remove(&key),
+        };
     }
 
     /// Withdraws a mesh link's route to `key` (PeerGone on the link).

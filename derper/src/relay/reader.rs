@@ -41,6 +41,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
 ) -> Result<(), ReadError> {
     let metrics = &relay.metrics;
     let mut preferred = false;
+    let mut forwarded_in: Option<InboundCounters> = None;
     let result = async {
         let mut not_here = limiter::not_here_limiter(Instant::now());
         let start = tokio::time::Instant::now() + keepalive;
@@ -74,6 +75,9 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                     if !conn.is_mesh {
                         return Err(ReadError::NotMesh(FrameType::FORWARD_PACKET));
                     }
+                    forwarded_in
+                        .get_or_insert_with(|| InboundCounters::new(relay, conn))
+                        .count(relay, conn, packet.len());
                     forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, &mut not_here)
                 }
                 ClientToServer::NotePreferred(p) => {
@@ -138,4 +142,43 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
         metrics.current_home_connections.decrement(1.0);
     }
     result
+}
+
+/// `derp_mesh_forwarded_{packets,bytes}_total{peer,direction="in"}` for one mesh peer's
+/// connection, labelled with the name of our link to that relay (or `unlisted` while we have
+/// none: asked again every 4 096 packets, so the label follows once our link is up).
+struct InboundCounters {
+    labelled: bool,
+    until_retry: u32,
+    packets: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+impl InboundCounters {
+    fn new(relay: &Inner, conn: &ConnHandle) -> Self {
+        let name = relay
+            .mesh_peer_names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&conn.key)
+            .cloned();
+        let (packets, bytes) = crate::metrics::mesh_inbound(name.as_deref().unwrap_or("unlisted"));
+        Self {
+            labelled: name.is_some(),
+            until_retry: 4096,
+            packets,
+            bytes,
+        }
+    }
+
+    fn count(&mut self, relay: &Inner, conn: &ConnHandle, len: usize) {
+        if !self.labelled {
+            self.until_retry -= 1;
+            if self.until_retry == 0 {
+                *self = Self::new(relay, conn);
+            }
+        }
+        self.packets.increment(1);
+        self.bytes.increment(len as u64);
+    }
 }
