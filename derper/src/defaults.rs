@@ -7,14 +7,20 @@ use std::time::Duration;
 /// 32 × 64 KiB per lane and that latency under overload stays low (old packets are dropped).
 pub const QUEUE_DEPTH: usize = 32;
 
-/// Depth of a regular client's control queue: PeerGone for peers that left since the writer
-/// last ran. Far more than a burst of simultaneous departures a client normally sees; the
-/// queue allocates as it fills, so the bound costs an idle connection nothing.
+/// Depth of a client's control queue: PeerGone for peers that left since the writer last ran,
+/// KeepAlive, Restarting. Far more than a burst of simultaneous departures a client normally
+/// sees; the queue allocates as it fills, so the bound costs an idle connection nothing. Mesh
+/// peers use it too: the presence updates they watch wait in their own coalescing set (see
+/// [`MESH_PRESENCE_PENDING_MAX`]), not here.
 pub const CONTROL_QUEUE_DEPTH: usize = 1024;
 
-/// Depth of a mesh peer's control queue: on WatchConns it gets one PeerPresent per connected
-/// key at once, so this bounds the keys a region can hold without dropping presence updates.
-pub const MESH_CONTROL_QUEUE_DEPTH: usize = 256 * 1024;
+/// Keys a mesh watcher may have waiting for a presence frame. A key waits at most once (a
+/// newer change to a waiting key replaces it), so only more distinct keys changing than the
+/// watcher reads reach this: on WatchConns one per locally connected key, and a node holds
+/// well under a million connections (file descriptors and memory run out first). Past the
+/// cap the watcher is hopelessly behind and is closed; it reconnects and gets a fresh flood.
+/// A waiting key costs about 70 bytes, so a watcher at the cap holds ~70 MiB.
+pub const MESH_PRESENCE_PENDING_MAX: usize = 1 << 20;
 
 /// Write deadline per flush for regular clients (Go: `-tcp-write-timeout`, 2 s).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);

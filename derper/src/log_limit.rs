@@ -48,6 +48,10 @@ impl LogLimiter {
 /// Lines about connections that failed or broke the protocol.
 pub(crate) static BAD_CONNECTIONS: LogLimiter = LogLimiter::new();
 
+/// Lines about mesh watchers closed because they fell too far behind (clients churning faster
+/// than a watcher reads can trigger these).
+pub(crate) static SLOW_WATCHERS: LogLimiter = LogLimiter::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;

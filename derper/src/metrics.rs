@@ -61,6 +61,10 @@ pub mod names {
     pub const MESH_SELF_LINKS_TOTAL: &str = "derp_mesh_self_links_total";
     /// `derp_mesh_watch_set_full_total`.
     pub const MESH_WATCH_SET_FULL_TOTAL: &str = "derp_mesh_watch_set_full_total";
+    /// `derp_mesh_presence_updates_total`.
+    pub const MESH_PRESENCE_UPDATES_TOTAL: &str = "derp_mesh_presence_updates_total";
+    /// `derp_mesh_watchers_closed_total`.
+    pub const MESH_WATCHERS_CLOSED_TOTAL: &str = "derp_mesh_watchers_closed_total";
     /// `derp_packets_dropped_total`.
     pub const PACKETS_DROPPED_TOTAL: &str = "derp_packets_dropped_total";
     /// `derp_packets_received_total`.
@@ -240,9 +244,18 @@ pub struct Metrics {
     pub peer_gone_disconnected: Counter,
     /// `derp_peer_gone_frames_total{reason=not_here}`.
     pub peer_gone_not_here: Counter,
-    /// `derp_control_dropped_total`: PeerGone/PeerPresent frames dropped because a client's
-    /// control queue was full.
+    /// `derp_control_dropped_total`: control frames (PeerGone, KeepAlive, Restarting) dropped
+    /// because a client's control queue was full. Mesh presence never lands here.
     pub control_dropped: Counter,
+    /// `derp_mesh_presence_updates_total{result=queued}`: presence changes (a key connected
+    /// or left, or a WatchConns flood entry) that added a key to a mesh watcher's pending set.
+    pub mesh_presence_queued: Counter,
+    /// `derp_mesh_presence_updates_total{result=coalesced}`: presence changes for a key that
+    /// was already pending for that watcher, so no extra frame (it gets the latest state).
+    pub mesh_presence_coalesced: Counter,
+    /// `derp_mesh_watchers_closed_total{reason=presence_backlog}`: mesh watchers closed
+    /// because more keys were pending than `relay.mesh_presence_pending_max`.
+    pub mesh_watchers_closed_backlog: Counter,
     /// `derp_got_ping_total`: Ping frames received.
     pub got_ping: Counter,
     /// `derp_sent_pong_total`: Pong frames written.
@@ -297,6 +310,9 @@ impl Metrics {
             peer_gone_disconnected: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "disconnected"),
             peer_gone_not_here: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "not_here"),
             control_dropped: counter!(names::CONTROL_DROPPED_TOTAL),
+            mesh_presence_queued: counter!(names::MESH_PRESENCE_UPDATES_TOTAL, "result" => "queued"),
+            mesh_presence_coalesced: counter!(names::MESH_PRESENCE_UPDATES_TOTAL, "result" => "coalesced"),
+            mesh_watchers_closed_backlog: counter!(names::MESH_WATCHERS_CLOSED_TOTAL, "reason" => "presence_backlog"),
             got_ping: counter!(names::GOT_PING_TOTAL),
             sent_pong: counter!(names::SENT_PONG_TOTAL),
             unknown_frames: counter!(names::UNKNOWN_FRAMES_TOTAL),
@@ -397,7 +413,15 @@ fn describe() {
     );
     describe_counter!(
         names::CONTROL_DROPPED_TOTAL,
-        "PeerGone/PeerPresent frames dropped because a client's control queue was full"
+        "Control frames (PeerGone, KeepAlive, Restarting) dropped because a client's control queue was full"
+    );
+    describe_counter!(
+        names::MESH_PRESENCE_UPDATES_TOTAL,
+        "Presence changes for mesh watchers: queued (a new pending key) or coalesced (the key was already pending)"
+    );
+    describe_counter!(
+        names::MESH_WATCHERS_CLOSED_TOTAL,
+        "Mesh watchers closed, by reason (presence_backlog: more keys pending than allowed)"
     );
     describe_counter!(names::GOT_PING_TOTAL, "Ping frames received from clients");
     describe_counter!(names::SENT_PONG_TOTAL, "Pong frames written to clients");
@@ -438,6 +462,28 @@ pub(crate) fn mesh_inbound(peer: &str) -> (Counter, Counter) {
         counter!(names::MESH_FORWARDED_PACKETS_TOTAL, "peer" => p.clone(), "direction" => "in"),
         counter!(names::MESH_FORWARDED_BYTES_TOTAL, "peer" => p, "direction" => "in"),
     )
+}
+
+/// Metrics kept by a recorder of their own, so a unit test can read what it counted.
+#[cfg(test)]
+pub(crate) fn recorded() -> (Metrics, metrics_exporter_prometheus::PrometheusHandle) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    (
+        metrics::with_local_recorder(&recorder, Metrics::new),
+        handle,
+    )
+}
+
+/// One series of [`recorded`] metrics, written as rendered (`name{label="value"}`); 0 if
+/// never touched.
+#[cfg(test)]
+pub(crate) fn sample(handle: &metrics_exporter_prometheus::PrometheusHandle, series: &str) -> f64 {
+    handle
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

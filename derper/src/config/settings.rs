@@ -143,11 +143,12 @@ impl Default for TlsSettings {
 pub struct RelaySettings {
     /// `--queue-depth`: depth of each client's data and disco queues.
     pub queue_depth: usize,
-    /// Depth of each regular client's control queue (PeerGone, Restarting).
+    /// Depth of each client's control queue (PeerGone, KeepAlive, Restarting); mesh
+    /// watchers' presence frames do not use it.
     pub control_queue_depth: usize,
-    /// Depth of each mesh peer's control queue (a PeerPresent per connected key on
-    /// WatchConns).
-    pub mesh_control_queue_depth: usize,
+    /// Keys a mesh watcher may have waiting for a PeerPresent/PeerGone frame before it is
+    /// closed as hopelessly behind (it reconnects and gets a fresh, complete flood).
+    pub mesh_presence_pending_max: usize,
     /// `--tcp-write-timeout`: per-flush write deadline for regular clients; `"0s"` (`None`)
     /// disables it.
     #[serde(with = "zero_disables")]
@@ -174,7 +175,7 @@ impl Default for RelaySettings {
         Self {
             queue_depth: defaults::QUEUE_DEPTH,
             control_queue_depth: defaults::CONTROL_QUEUE_DEPTH,
-            mesh_control_queue_depth: defaults::MESH_CONTROL_QUEUE_DEPTH,
+            mesh_presence_pending_max: defaults::MESH_PRESENCE_PENDING_MAX,
             write_timeout: Some(defaults::WRITE_TIMEOUT),
             mesh_write_timeout: defaults::MESH_WRITE_TIMEOUT,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
@@ -193,8 +194,8 @@ impl RelaySettings {
             ("relay.queue_depth", self.queue_depth),
             ("relay.control_queue_depth", self.control_queue_depth),
             (
-                "relay.mesh_control_queue_depth",
-                self.mesh_control_queue_depth,
+                "relay.mesh_presence_pending_max",
+                self.mesh_presence_pending_max,
             ),
             ("relay.max_conns_per_key", self.max_conns_per_key),
             ("relay.max_peer_gone_watchers", self.max_peer_gone_watchers),

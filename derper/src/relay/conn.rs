@@ -6,6 +6,11 @@
 //! frame queued for the connection spawns a writer task that takes the sink, drains the
 //! outbox in batches, and parks the sink again when the outbox is empty (Tailscale derper
 //! v1.104 starts its writer goroutine the same way).
+//!
+//! A mesh watcher (a mesh peer that sent WatchConns) also has a pending presence set: the
+//! keys whose local presence changed since its writer last looked, each held once however
+//! often it changed. The writer turns each into one PeerPresent or PeerGone carrying the key's
+//! state at that moment (Go derper's `peerStateChange` list, coalesced).
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -71,6 +76,9 @@ pub(crate) enum Control {
 pub(crate) enum Outgoing {
     Control(Control),
     Pong([u8; 8]),
+    /// A key whose presence a mesh watcher must hear; the writer reads its state from the
+    /// registry as it encodes the frame, so the watcher always ends with the latest state.
+    Presence(NodePublicKey),
     Packet(Packet),
 }
 
@@ -142,6 +150,42 @@ impl Lane {
     }
 }
 
+/// Keys whose presence a mesh watcher has not heard yet, each once, in the order they first
+/// changed.
+///
+/// Only the key is kept, not what happened to it: the writer reads the key's state from the
+/// registry when it encodes the frame. So however often a key comes and goes before the
+/// writer runs, the watcher gets one frame, and it is never stale: a change after the writer
+/// took the key queues it again. (Keeping the state instead would race with the registry's
+/// unlocked broadcasts: a WatchConns flood could re-queue a snapshot older than a PeerGone
+/// already sent.)
+#[derive(Debug, Default)]
+struct PendingPresence {
+    /// Membership, so a key that is already waiting is not queued twice.
+    keys: HashSet<NodePublicKey>,
+    /// The same keys, oldest first.
+    order: VecDeque<NodePublicKey>,
+    /// The set outgrew its cap: the connection is being closed and takes nothing more.
+    overflowed: bool,
+}
+
+impl PendingPresence {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Moves the oldest keys into `batch` until it holds `until` frames.
+    fn take_into(&mut self, batch: &mut Vec<Outgoing>, until: usize) {
+        while batch.len() < until {
+            let Some(k) = self.order.pop_front() else {
+                return;
+            };
+            self.keys.remove(&k);
+            batch.push(Outgoing::Presence(k));
+        }
+    }
+}
+
 /// The queues other tasks push into; popped only by this connection's writer.
 #[derive(Debug)]
 struct Outbox {
@@ -150,6 +194,9 @@ struct Outbox {
     control: VecDeque<Control>,
     /// At most one pending Pong: a Ping that arrives while one is pending is ignored (Go).
     pong: Option<[u8; 8]>,
+    /// Mesh watchers only, created by the first presence change queued: other connections
+    /// pay one pointer for it.
+    presence: Option<Box<PendingPresence>>,
     writer: WriterState,
     /// When the writer's current socket write began, while one is in progress.
     writing_since: Option<Instant>,
@@ -158,6 +205,19 @@ struct Outbox {
 }
 
 impl Outbox {
+    fn presence_len(&self) -> usize {
+        self.presence.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Whether nothing waits for the writer.
+    fn is_empty(&self) -> bool {
+        self.control.is_empty()
+            && self.pong.is_none()
+            && self.presence_len() == 0
+            && self.disco.is_empty()
+            && self.data.is_empty()
+    }
+
     /// Whether the writer is moving data right now: spawned or woken and about to run, busy
     /// encoding, or inside a socket write that began moments ago. Not when parked, held by
     /// the handshake, or waiting on a socket that has not taken bytes for [`STUCK_AFTER`].
@@ -258,6 +318,7 @@ impl Conn {
                 disco: Lane::default(),
                 control: VecDeque::new(),
                 pong: None,
+                presence: None,
                 writer: WriterState::Held,
                 writing_since: None,
                 closed: false,
@@ -283,11 +344,7 @@ impl Conn {
             return;
         }
         ob.writer = WriterState::Parked;
-        let pending = !ob.control.is_empty()
-            || ob.pong.is_some()
-            || !ob.disco.is_empty()
-            || !ob.data.is_empty();
-        if pending {
+        if !ob.is_empty() {
             self.schedule(ob);
         }
     }
@@ -378,6 +435,69 @@ impl Conn {
         true
     }
 
+    /// Queues presence updates for a mesh watcher: the writer will send each key's state as it
+    /// is when the frame is encoded. A key already pending is not queued again (counted as
+    /// coalesced). If a new key would make more than `max` pending, the watcher is hopelessly
+    /// behind: it is cancelled (counted and logged) rather than left with a wrong view of the
+    /// region; it reconnects and gets a fresh, complete flood. Keys of a closing connection
+    /// are ignored.
+    pub(crate) fn enqueue_presence(
+        self: &Arc<Self>,
+        keys: &[NodePublicKey],
+        max: usize,
+        metrics: &Metrics,
+    ) {
+        let mut ob = self.outbox();
+        if ob.closed {
+            return;
+        }
+        let pending = ob.presence.get_or_insert_with(Box::default);
+        if pending.overflowed {
+            return;
+        }
+        let (mut queued, mut coalesced) = (0, 0);
+        let mut overflow = None;
+        for k in keys {
+            if pending.keys.contains(k) {
+                coalesced += 1;
+            } else if pending.len() >= max {
+                overflow = Some(pending.len());
+                // Give the memory back now; nothing more is sent to this watcher.
+                **pending = PendingPresence {
+                    overflowed: true,
+                    ..PendingPresence::default()
+                };
+                break;
+            } else {
+                pending.keys.insert(*k);
+                pending.order.push_back(*k);
+                queued += 1;
+            }
+        }
+        if overflow.is_none() && queued > 0 {
+            self.schedule(ob);
+        } else {
+            drop(ob);
+        }
+        metrics.mesh_presence_queued.increment(queued);
+        metrics.mesh_presence_coalesced.increment(coalesced);
+        if let Some(pending) = overflow {
+            metrics.mesh_watchers_closed_backlog.increment(1);
+            if let Some(suppressed) = crate::log_limit::SLOW_WATCHERS.allow() {
+                tracing::warn!(
+                    id = %self.conn_id,
+                    remote = %self.remote,
+                    key = %self.key.short(),
+                    pending,
+                    suppressed,
+                    "closing mesh watcher: too many presence updates pending \
+                     (relay.mesh_presence_pending_max); it will reconnect and get a fresh flood"
+                );
+            }
+            self.cancel.cancel();
+        }
+    }
+
     /// Queues a Pong unless one is already pending.
     pub(crate) fn enqueue_pong(self: &Arc<Self>, data: [u8; 8]) {
         let mut ob = self.outbox();
@@ -407,13 +527,19 @@ impl Conn {
         }
     }
 
-    /// Moves up to `max` frames into `batch` in priority order (control, pong, disco, data).
-    /// Returns false if the outbox is empty; the writer stays scheduled either way, so nobody
-    /// spawns a second one (see [`park_if_idle`](Self::park_if_idle)).
+    /// Moves up to `max` frames into `batch` in priority order (control, pong, disco, data),
+    /// with a mesh watcher's pending presence taking up to half the batch before the packets
+    /// and any room left after them, so a flood of presence and a stream of packets cannot
+    /// starve each other. Returns false if the outbox is empty; the writer stays scheduled
+    /// either way, so nobody spawns a second one (see [`park_if_idle`](Self::park_if_idle)).
     pub(crate) fn take_batch(&self, batch: &mut Vec<Outgoing>, max: usize) -> bool {
-        let mut ob = self.outbox();
-        let queued =
-            ob.control.len() + usize::from(ob.pong.is_some()) + ob.disco.len() + ob.data.len();
+        let mut guard = self.outbox();
+        let ob = &mut *guard;
+        let queued = ob.control.len()
+            + usize::from(ob.pong.is_some())
+            + ob.presence_len()
+            + ob.disco.len()
+            + ob.data.len();
         if queued == 0 {
             ob.writer = WriterState::Scheduled;
             return false;
@@ -424,13 +550,24 @@ impl Conn {
                 batch.push(Outgoing::Control(c));
             } else if let Some(p) = ob.pong.take() {
                 batch.push(Outgoing::Pong(p));
-            } else if let Some(p) = ob.disco.pop_front() {
+            } else {
+                break;
+            }
+        }
+        if let Some(p) = ob.presence.as_deref_mut() {
+            p.take_into(batch, (batch.len() + max.div_ceil(2)).min(max));
+        }
+        while batch.len() < max {
+            if let Some(p) = ob.disco.pop_front() {
                 batch.push(Outgoing::Packet(p));
             } else if let Some(p) = ob.data.pop_front() {
                 batch.push(Outgoing::Packet(p));
             } else {
                 break;
             }
+        }
+        if let Some(p) = ob.presence.as_deref_mut() {
+            p.take_into(batch, max);
         }
         ob.writer = WriterState::Draining;
         true
@@ -442,9 +579,7 @@ impl Conn {
     /// takes its sink back) if something was queued meanwhile.
     pub(crate) fn park_if_idle(&self) -> bool {
         let mut ob = self.outbox();
-        let empty =
-            ob.control.is_empty() && ob.pong.is_none() && ob.disco.is_empty() && ob.data.is_empty();
-        if !empty || ob.closed {
+        if !ob.is_empty() || ob.closed {
             return ob.closed;
         }
         ob.writer = WriterState::Parked;
@@ -452,6 +587,11 @@ impl Conn {
         ob.data.take();
         ob.disco.take();
         ob.control = VecDeque::new();
+        if let Some(p) = ob.presence.as_deref_mut() {
+            // A flood grows these to the region's size; keep only the (small) box.
+            p.keys = HashSet::new();
+            p.order = VecDeque::new();
+        }
         true
     }
 
@@ -487,6 +627,7 @@ impl Conn {
             ob.closed = true;
             ob.control = VecDeque::new();
             ob.pong = None;
+            ob.presence = None;
             (ob.data.take(), ob.disco.take())
         };
         for p in data.into_iter().chain(disco) {
@@ -501,6 +642,10 @@ impl Conn {
         let mut out = Vec::new();
         out.extend(ob.control.drain(..).map(Outgoing::Control));
         out.extend(ob.pong.take().map(Outgoing::Pong));
+        if let Some(p) = ob.presence.as_deref_mut() {
+            p.keys.clear();
+            out.extend(p.order.drain(..).map(Outgoing::Presence));
+        }
         out.extend(ob.disco.take().into_iter().map(Outgoing::Packet));
         out.extend(ob.data.take().into_iter().map(Outgoing::Packet));
         out
@@ -623,7 +768,9 @@ mod tests {
         c.close(&m);
         assert_eq!(c.enqueue_packet(packet(1), &m), Enqueued::Closed);
         assert!(!c.enqueue_control(Control::PeerGone(c.key, PeerGoneReason::DISCONNECTED), &m));
+        c.enqueue_presence(&[c.key], 8, &m);
         assert!(c.queued().is_empty());
+        assert!(c.outbox().presence.is_none());
     }
 
     #[test]
@@ -644,6 +791,117 @@ mod tests {
         assert!(c.enqueue_control(gone.clone(), &m));
         assert!(c.enqueue_control(gone.clone(), &m));
         assert!(!c.enqueue_control(gone, &m));
+    }
+
+    fn keys(range: std::ops::Range<u8>) -> Vec<NodePublicKey> {
+        range.map(|k| NodePublicKey::from_bytes([k; 32])).collect()
+    }
+
+    #[test]
+    fn an_ordinary_connection_holds_no_presence_set() {
+        let c = conn(4);
+        assert!(c.outbox().presence.is_none());
+        // The set is one pointer in the outbox, not a struct inline.
+        assert_eq!(
+            size_of::<Option<Box<PendingPresence>>>(),
+            size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn presence_is_held_once_per_key_in_order() {
+        let (m, h) = crate::metrics::recorded();
+        let c = conn(4);
+        let all = keys(0..100);
+        c.enqueue_presence(&all, 1000, &m);
+        c.enqueue_presence(&all[..10], 1000, &m);
+        c.enqueue_presence(&all[50..51], 1000, &m);
+        let got: Vec<NodePublicKey> = c
+            .queued()
+            .into_iter()
+            .map(|o| match o {
+                Outgoing::Presence(k) => k,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, all);
+        let updates = |result: &str| {
+            crate::metrics::sample(
+                &h,
+                &format!("derp_mesh_presence_updates_total{{result=\"{result}\"}}"),
+            )
+        };
+        assert_eq!(updates("queued"), 100.0);
+        assert_eq!(updates("coalesced"), 11.0);
+        // Taken keys are queued afresh.
+        c.enqueue_presence(&all[..1], 1000, &m);
+        assert_eq!(c.queued().len(), 1);
+    }
+
+    #[test]
+    fn presence_and_packets_share_each_batch() {
+        let m = Metrics::new();
+        let c = conn(4);
+        c.enqueue_presence(&keys(0..20), 1000, &m);
+        for n in 0..3 {
+            c.enqueue_packet(packet(n), &m);
+        }
+        c.enqueue_control(Control::KeepAlive, &m);
+        let mut batch = Vec::new();
+        assert!(c.take_batch(&mut batch, 8));
+        let shape: String = batch
+            .iter()
+            .map(|o| match o {
+                Outgoing::Control(_) => 'c',
+                Outgoing::Pong(_) => 'p',
+                Outgoing::Presence(_) => 'k',
+                Outgoing::Packet(_) => 'd',
+            })
+            .collect();
+        // Control first, presence up to half the batch, the packets, presence in the rest.
+        assert_eq!(shape, "ckkkkddd");
+        batch.clear();
+        let mut presence = 4;
+        while c.take_batch(&mut batch, 8) {
+            presence += batch.len();
+            batch.clear();
+        }
+        assert_eq!(presence, 20);
+    }
+
+    #[test]
+    fn a_parked_watcher_gives_its_presence_memory_back() {
+        let m = Metrics::new();
+        let c = conn(4);
+        c.enqueue_presence(&keys(0..200), 1000, &m);
+        let mut batch = Vec::new();
+        while c.take_batch(&mut batch, 64) {
+            batch.clear();
+        }
+        assert!(c.park_if_idle());
+        let ob = c.outbox();
+        let p = ob.presence.as_deref().expect("still a watcher");
+        assert_eq!((p.keys.capacity(), p.order.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn a_watcher_past_its_presence_cap_is_cancelled_and_takes_no_more() {
+        let (m, h) = crate::metrics::recorded();
+        let c = conn(4);
+        c.enqueue_presence(&keys(0..4), 4, &m);
+        c.enqueue_presence(&keys(0..4), 4, &m);
+        assert!(!c.cancel.is_cancelled(), "pending keys do not count twice");
+        c.enqueue_presence(&keys(4..6), 4, &m);
+        assert!(c.cancel.is_cancelled());
+        c.enqueue_presence(&keys(10..20), 4, &m);
+        assert!(c.queued().is_empty());
+        assert_eq!(
+            crate::metrics::sample(
+                &h,
+                r#"derp_mesh_watchers_closed_total{reason="presence_backlog"}"#
+            ),
+            1.0
+        );
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Relay {
             max_conns_per_key: config.settings.max_conns_per_key,
             max_peer_gone_watchers: config.settings.max_peer_gone_watchers,
             max_forwarders_per_key: config.settings.max_forwarders_per_key,
+            mesh_presence_pending_max: config.settings.mesh_presence_pending_max,
         };
         Self {
             inner: Arc::new(Inner {
@@ -324,11 +325,7 @@ impl Relay {
             admitted.is_mesh,
             QueueDepths {
                 packets: inner.config.settings.queue_depth,
-                control: if admitted.is_mesh {
-                    inner.config.settings.mesh_control_queue_depth
-                } else {
-                    inner.config.settings.control_queue_depth
-                },
+                control: inner.config.settings.control_queue_depth,
             },
             inner.shutdown.child_token(),
             Arc::downgrade(inner),

@@ -11,6 +11,13 @@
 //! (Go's `multiForwarder`). PeerGone(Disconnected) goes out when the key leaves the *region*
 //! — no local connection and no forwarder left — not when it merely moves between nodes
 //! (Go's `notePeerGoneFromRegionLocked`).
+//!
+//! Mesh watchers are told *which* keys changed (each watcher holds a key at most once until
+//! its writer takes it), and the writer asks [`Registry::presence`] for the key's state as it
+//! encodes the frame. Since the mark always follows the change and the read always follows
+//! taking the mark, a watcher's last frame for a key shows its current state, without holding
+//! a shard guard while touching a watcher's outbox and whatever the interleaving of
+//! registrations, departures and the WatchConns flood.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +61,13 @@ pub(crate) struct RegistryLimits {
     pub(crate) max_peer_gone_watchers: usize,
     /// Mesh links that may announce one key (one per other node of the region is plenty).
     pub(crate) max_forwarders_per_key: usize,
+    /// Keys a mesh watcher may have pending before it is closed as hopelessly behind.
+    pub(crate) mesh_presence_pending_max: usize,
 }
+
+/// Keys of the WatchConns flood queued under one lock of the watcher's outbox, so a large
+/// region neither takes the lock a million times nor holds it for long.
+const FLOOD_CHUNK: usize = 1024;
 
 #[derive(Debug, Default)]
 struct KeyEntry {
@@ -77,6 +90,13 @@ struct KeyEntry {
 impl KeyEntry {
     fn in_region(&self) -> bool {
         !self.conns.is_empty() || !self.forwarders.is_empty()
+    }
+
+    /// The local connection mesh watchers are told about: the active one, else the newest.
+    fn presented(&self) -> Option<&ConnHandle> {
+        self.active
+            .and_then(|i| self.conns.get(i))
+            .or(self.conns.last())
     }
 }
 
@@ -135,25 +155,23 @@ impl Registry {
         self.metrics
             .current_dup_client_keys
             .set(self.dup_keys.load(Ordering::Relaxed) as f64);
-        self.broadcast(Control::PeerPresent {
-            key: client.key,
-            addr: client.remote,
-            flags: client.flags,
-        });
+        self.presence_changed(client.key);
         Ok(())
     }
 
     /// Removes a connection. When the key leaves the region with it (no other local
     /// connection, no forwarder), queues PeerGone(Disconnected) to every connection that
     /// received packets from it. Watchers hear PeerGone whenever the key's last *local*
-    /// connection closes: they track this node's clients, not the region's.
+    /// connection closes (unless it is back by the time their writer runs): they track this
+    /// node's clients, not the region's. When the key's active connection closes and another
+    /// remains, they hear PeerPresent with the one that now represents it.
     pub(crate) fn unregister(&self, client: &ConnHandle) {
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&client.conn_id);
         let mut notify = Vec::new();
-        let mut last_local = false;
+        let mut presented_changed = false;
         if let dashmap::Entry::Occupied(mut occ) = self.clients.entry(client.key) {
             let entry = occ.get_mut();
             let Some(pos) = entry.conns.iter().position(|c| c.conn_id == client.conn_id) else {
@@ -164,6 +182,9 @@ impl Registry {
                 .active
                 .and_then(|i| entry.conns.get(i))
                 .map(|c| c.conn_id);
+            // Watchers know the key by its presented connection: only that one's departure
+            // changes what they should hear (the last connection is always the presented one).
+            presented_changed = entry.presented().map(|c| c.conn_id) == Some(client.conn_id);
             entry.conns.remove(pos);
             if was_dup && entry.conns.len() <= 1 {
                 self.dup_keys.fetch_sub(1, Ordering::Relaxed);
@@ -171,7 +192,6 @@ impl Registry {
             entry.history.retain(|id| *id != client.conn_id);
             match entry.conns.len() {
                 0 => {
-                    last_local = true;
                     entry.active = None;
                     entry.history.clear();
                     if !entry.forwarders.is_empty() {
@@ -206,8 +226,8 @@ impl Registry {
             .current_dup_client_keys
             .set(self.dup_keys.load(Ordering::Relaxed) as f64);
         self.notify_gone(client.key, notify);
-        if last_local {
-            self.broadcast(Control::PeerGone(client.key, PeerGoneReason::DISCONNECTED));
+        if presented_changed {
+            self.presence_changed(client.key);
         }
     }
 
@@ -328,26 +348,40 @@ impl Registry {
     }
 
     /// Subscribes a mesh watcher: it gets PeerPresent for every locally connected key now,
-    /// then updates.
+    /// then updates. The flood goes through the watcher's pending presence set like any
+    /// update, after the watcher is registered: a key that changes meanwhile is marked by
+    /// both, held once, and sent in the state it has when the writer gets to it.
     pub(crate) fn add_watcher(&self, watcher: &ConnHandle) {
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(watcher.conn_id, watcher.clone());
-        let present: Vec<Control> = self
+        let present: Vec<NodePublicKey> = self
             .clients
             .iter()
-            .filter_map(|e| {
-                let c = e.active.and_then(|i| e.conns.get(i))?;
-                Some(Control::PeerPresent {
-                    key: c.key,
-                    addr: c.remote,
-                    flags: c.flags,
-                })
-            })
+            .filter(|e| !e.conns.is_empty())
+            .map(|e| *e.key())
             .collect();
-        for p in present {
-            watcher.enqueue_control(p, &self.metrics);
+        for chunk in present.chunks(FLOOD_CHUNK) {
+            watcher.enqueue_presence(chunk, self.limits.mesh_presence_pending_max, &self.metrics);
+        }
+    }
+
+    /// The frame that tells a watcher where `key` stands now: PeerPresent with the address and
+    /// flags of its active (else newest) local connection, or PeerGone(Disconnected) if it
+    /// has none. Called by a watcher's writer as it encodes the key's frame.
+    pub(crate) fn presence(&self, key: &NodePublicKey) -> Control {
+        let local = self
+            .clients
+            .get(key)
+            .and_then(|e| e.presented().map(|c| (c.remote, c.flags)));
+        match local {
+            Some((addr, flags)) => Control::PeerPresent {
+                key: *key,
+                addr,
+                flags,
+            },
+            None => Control::PeerGone(*key, PeerGoneReason::DISCONNECTED),
         }
     }
 
@@ -372,7 +406,9 @@ impl Registry {
         }
     }
 
-    fn broadcast(&self, control: Control) {
+    /// Tells every watcher that `key`'s local presence changed (called after the change,
+    /// with no guard held).
+    fn presence_changed(&self, key: NodePublicKey) {
         let watchers: Vec<ConnHandle> = self
             .watchers
             .lock()
@@ -381,7 +417,7 @@ impl Registry {
             .cloned()
             .collect();
         for w in watchers {
-            w.enqueue_control(control.clone(), &self.metrics);
+            w.enqueue_presence(&[key], self.limits.mesh_presence_pending_max, &self.metrics);
         }
     }
 
@@ -458,6 +494,7 @@ fn trim_history(history: &mut Vec<ConnectionId>, max_conns: usize) {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::net::SocketAddr;
     use std::sync::Weak;
 
     use bytes::Bytes;
@@ -471,13 +508,18 @@ mod tests {
     use crate::relay::forward::{ForwardOutcome, Forwarder};
 
     fn registry() -> Registry {
+        registry_with(Metrics::new(), 1024)
+    }
+
+    fn registry_with(metrics: Metrics, mesh_presence_pending_max: usize) -> Registry {
         Registry::new(
             RegistryLimits {
                 max_conns_per_key: 4,
                 max_peer_gone_watchers: 2,
                 max_forwarders_per_key: 3,
+                mesh_presence_pending_max,
             },
-            Arc::new(Metrics::new()),
+            Arc::new(metrics),
         )
     }
 
@@ -486,19 +528,68 @@ mod tests {
     }
 
     fn conn(id: u64, k: u8) -> ConnHandle {
+        conn_with(id, k, 1, 64)
+    }
+
+    /// A connection of key `k` from port `port` of localhost with a control queue of
+    /// `control` frames.
+    fn conn_with(id: u64, k: u8, port: u16, control: usize) -> ConnHandle {
         Arc::new(Conn::new(
             ConnectionId(id),
             key(k),
-            "127.0.0.1:1".parse().unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
             PeerPresentFlags::IS_REGULAR,
             false,
             QueueDepths {
                 packets: 4,
-                control: 64,
+                control,
             },
             CancellationToken::new(),
             Weak::new(),
         ))
+    }
+
+    /// What a watcher's writer would send now: its queued control frames, and its pending
+    /// presence read from `r` as the writer reads it.
+    fn frames(r: &Registry, w: &Conn) -> Vec<Control> {
+        resolve(r, w.queued())
+    }
+
+    fn resolve(r: &Registry, taken: Vec<Outgoing>) -> Vec<Control> {
+        taken
+            .into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Control(c) => Some(c),
+                Outgoing::Presence(k) => Some(r.presence(&k)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A watcher's view of the node: the keys it was last told are present, with address.
+    type View = HashMap<NodePublicKey, SocketAddr>;
+
+    fn apply(view: &mut View, frames: Vec<Control>) {
+        for f in frames {
+            match f {
+                Control::PeerPresent { key, addr, .. } => {
+                    view.insert(key, addr);
+                }
+                Control::PeerGone(key, PeerGoneReason::DISCONNECTED) => {
+                    view.remove(&key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The node as a watcher should see it: every key with a local connection, with the
+    /// address of its active (else newest) one.
+    fn truth(r: &Registry) -> View {
+        r.clients
+            .iter()
+            .filter_map(|e| e.presented().map(|c| (c.key, c.remote)))
+            .collect()
     }
 
     #[derive(Debug)]
@@ -751,14 +842,174 @@ mod tests {
         let w = conn(2, 2);
         r.register(&w).unwrap();
         r.add_watcher(&w);
-        let present = w
-            .queued()
+        let present = frames(&r, &w)
             .into_iter()
-            .filter(|o| matches!(o, Outgoing::Control(Control::PeerPresent { .. })))
+            .filter(|c| matches!(c, Control::PeerPresent { .. }))
             .count();
         assert_eq!(present, 2);
         r.unregister(&a);
-        assert_eq!(gone_frames(&w), [a.key]);
+        let gone: Vec<_> = frames(&r, &w)
+            .into_iter()
+            .filter_map(|c| match c {
+                Control::PeerGone(k, PeerGoneReason::DISCONNECTED) => Some(k),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, [a.key]);
+    }
+
+    #[test]
+    fn a_key_churning_before_the_writer_runs_is_one_frame_with_its_latest_state() {
+        let (m, h) = crate::metrics::recorded();
+        let r = registry_with(m, 1024);
+        let w = conn(1, 1);
+        r.register(&w).unwrap();
+        r.add_watcher(&w);
+        assert_eq!(frames(&r, &w).len(), 1, "the flood: the watcher itself");
+
+        // Key 2 comes and goes 100 times, ending gone: one PeerGone.
+        for i in 0..100 {
+            let a = conn_with(10 + i, 2, 1000 + i as u16, 64);
+            r.register(&a).unwrap();
+            r.unregister(&a);
+        }
+        let f = frames(&r, &w);
+        assert!(
+            matches!(f[..], [Control::PeerGone(k, PeerGoneReason::DISCONNECTED)] if k == key(2)),
+            "{f:?}"
+        );
+
+        // Then 100 times more, ending connected from port 2099: one PeerPresent with it.
+        for i in 0..100 {
+            let a = conn_with(200 + i, 2, 2000 + i as u16, 64);
+            r.register(&a).unwrap();
+            if i < 99 {
+                r.unregister(&a);
+            }
+        }
+        let f = frames(&r, &w);
+        assert!(
+            matches!(f[..], [Control::PeerPresent { key: k, addr, .. }] if k == key(2) && addr.port() == 2099),
+            "{f:?}"
+        );
+        let updates = |result: &str| {
+            crate::metrics::sample(
+                &h,
+                &format!("derp_mesh_presence_updates_total{{result=\"{result}\"}}"),
+            )
+        };
+        // The flood, then one key per round; everything else coalesced.
+        assert_eq!(updates("queued"), 3.0);
+        assert_eq!(updates("coalesced"), 199.0 + 198.0);
+    }
+
+    /// Before presence had its own set, a watcher's PeerPresent frames shared the bounded
+    /// control queue: past its depth they were dropped and the watcher's view stayed wrong.
+    #[test]
+    fn more_keys_than_a_control_queue_holds_all_reach_the_watcher() {
+        let (m, h) = crate::metrics::recorded();
+        let r = registry_with(m, 1024);
+        // A control queue of 2 frames.
+        let w = conn_with(1, 0, 1, 2);
+        r.register(&w).unwrap();
+        for k in 1..=100u8 {
+            r.register(&conn_with(u64::from(k) + 1, k, 1, 64)).unwrap();
+        }
+        r.add_watcher(&w);
+        for k in 101..=200u8 {
+            r.register(&conn_with(u64::from(k) + 1, k, 1, 64)).unwrap();
+        }
+        let mut view = View::new();
+        apply(&mut view, frames(&r, &w));
+        assert_eq!(view.len(), 201);
+        assert_eq!(view, truth(&r));
+        assert_eq!(
+            crate::metrics::sample(&h, "derp_control_dropped_total"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn a_watcher_too_far_behind_is_closed_and_counted_once() {
+        let (m, h) = crate::metrics::recorded();
+        let r = registry_with(m, 4);
+        let w = conn(1, 1);
+        r.register(&w).unwrap();
+        r.add_watcher(&w);
+        for k in 2..=4u8 {
+            r.register(&conn(u64::from(k), k)).unwrap();
+        }
+        // Four keys pending, the cap. A key already pending costs nothing more.
+        let again = conn(20, 2);
+        r.register(&again).unwrap();
+        r.unregister(&again);
+        assert!(!w.cancel.is_cancelled());
+        // A fifth key: the watcher is hopelessly behind and is closed.
+        r.register(&conn(5, 5)).unwrap();
+        assert!(w.cancel.is_cancelled());
+        assert!(w.queued().is_empty(), "its pending set was given back");
+        r.register(&conn(6, 6)).unwrap();
+        assert_eq!(
+            crate::metrics::sample(
+                &h,
+                r#"derp_mesh_watchers_closed_total{reason="presence_backlog"}"#
+            ),
+            1.0
+        );
+    }
+
+    /// Clients connect and leave on four threads while a watcher subscribes and its "writer"
+    /// drains on another: once everyone stops, the watcher's view is the node's.
+    #[test]
+    fn the_flood_and_concurrent_updates_end_in_the_current_state_of_every_key() {
+        let r = registry_with(Metrics::new(), 1 << 16);
+        for k in 0..32u8 {
+            r.register(&conn_with(u64::from(k), k, 1, 64)).unwrap();
+        }
+        let w = conn(1000, 200);
+        r.register(&w).unwrap();
+        let next_id = AtomicU64::new(2000);
+        let running = AtomicU64::new(4);
+        let mut view = View::new();
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let (r, next_id, running) = (&r, &next_id, &running);
+                s.spawn(move || {
+                    // This thread owns keys k with k % 4 == t, one connection each at most.
+                    let mut mine: HashMap<u8, ConnHandle> = HashMap::new();
+                    let mut x = u32::from(t) + 1;
+                    for _ in 0..3000 {
+                        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                        let k = ((x >> 16) % 16) as u8 * 4 + t;
+                        if let Some(c) = mine.remove(&k) {
+                            r.unregister(&c);
+                        } else if k >= 32 || x & 0x8000 != 0 {
+                            let id = next_id.fetch_add(1, Ordering::Relaxed);
+                            let c = conn_with(id, k, (id % 60_000) as u16 + 1, 64);
+                            r.register(&c).unwrap();
+                            mine.insert(k, c);
+                        }
+                    }
+                    running.fetch_sub(1, Ordering::Release);
+                });
+            }
+            let view = &mut view;
+            let (r, w, running) = (&r, &w, &running);
+            s.spawn(move || {
+                r.add_watcher(w);
+                let mut batch = Vec::new();
+                while running.load(Ordering::Acquire) > 0 {
+                    if w.take_batch(&mut batch, 8) {
+                        apply(view, resolve(r, std::mem::take(&mut batch)));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        });
+        apply(&mut view, frames(&r, &w));
+        assert_eq!(view, truth(&r));
+        assert!(!w.cancel.is_cancelled());
     }
 
     #[derive(Debug, Clone)]

@@ -1,12 +1,13 @@
 //! The relay core over in-memory pipes: the reader, the on-demand writer and their deadlines,
 //! on paused time where a timer is involved.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use derp_proto::handshake::{self as proto, ClientInfo};
 use derp_proto::io::FramedRead;
-use derp_proto::{ClientToServer, FrameDecoder, FrameType, NodePublicKey, NodeSecretKey};
+use derp_proto::{ClientToServer, FrameDecoder, FrameType, MeshKey, NodePublicKey, NodeSecretKey};
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
 use super::*;
@@ -36,6 +37,22 @@ fn relay() -> Relay {
 
 /// Connects over a pipe of `capacity` bytes and completes the handshake.
 async fn connect(relay: &Relay, capacity: usize) -> TestClient {
+    connect_as(
+        relay,
+        capacity,
+        &NodeSecretKey::generate(),
+        ClientInfo::new(),
+    )
+    .await
+}
+
+/// [`connect`] with the client's key and ClientInfo given.
+async fn connect_as(
+    relay: &Relay,
+    capacity: usize,
+    me: &NodeSecretKey,
+    client_info: ClientInfo,
+) -> TestClient {
     let (server_io, client_io) = tokio::io::duplex(capacity);
     let meta = ConnMeta::new("127.0.0.1:1".parse().unwrap(), TransportKind::Upgrade);
     let accept = tokio::spawn({
@@ -45,9 +62,8 @@ async fn connect(relay: &Relay, capacity: usize) -> TestClient {
     let (r, mut writer) = tokio::io::split(client_io);
     let mut reader = FramedRead::new(r, FrameDecoder::client(), BytesMut::new());
     let server_key = proto::read_server_key(&reader.read_frame().await.unwrap()).unwrap();
-    let me = NodeSecretKey::generate();
     let mut out = BytesMut::new();
-    proto::write_client_info(&mut out, &me, &server_key, &ClientInfo::new());
+    proto::write_client_info(&mut out, me, &server_key, &client_info);
     writer.write_all(&out).await.unwrap();
     let info = reader.read_frame().await.unwrap();
     assert_eq!(
@@ -197,4 +213,69 @@ async fn an_idle_client_gets_keepalives_on_the_period() {
     // Between keepalives the connection is idle: no writer task.
     settle().await;
     assert_eq!(relay.inner.tasks.len(), 0);
+}
+
+/// A mesh watcher that does not read while clients come and go (its writer is stuck on a full
+/// pipe) then hears each key's latest state: a key that churned is a frame or two, not one
+/// per event, and nothing is lost.
+#[tokio::test(start_paused = true)]
+async fn a_watcher_that_falls_behind_still_ends_with_the_latest_state() {
+    let mesh_key: MeshKey = "ab".repeat(32).parse().unwrap();
+    let mut config = RelayConfig::new(NodeSecretKey::generate());
+    config.mesh_key = Some(mesh_key.clone());
+    let relay = Relay::new(config, Arc::new(Metrics::new()));
+    let mut info = ClientInfo::new();
+    info.mesh_key = Some(mesh_key);
+    // Room for about one frame: the writer blocks on the flood.
+    let mut watcher = connect_as(&relay, 64, &NodeSecretKey::generate(), info).await;
+    let mut stay = Vec::new();
+    for _ in 0..20 {
+        stay.push(connect(&relay, 1024).await);
+    }
+    watcher.send(&ClientToServer::WatchConns).await;
+    settle().await;
+    // While the watcher is not reading: 20 more arrive, 10 of the first leave, and one key
+    // comes and goes 50 times, ending connected.
+    for _ in 0..20 {
+        stay.push(connect(&relay, 1024).await);
+    }
+    for c in stay.drain(..10) {
+        drop(c);
+    }
+    let churner = NodeSecretKey::generate();
+    for _ in 0..49 {
+        drop(connect_as(&relay, 1024, &churner, ClientInfo::new()).await);
+        settle().await;
+    }
+    let _churner = connect_as(&relay, 1024, &churner, ClientInfo::new()).await;
+    settle().await;
+
+    let mut view = HashSet::new();
+    let mut churner_frames = 0;
+    while let Ok(f) =
+        tokio::time::timeout(Duration::from_secs(1), watcher.reader.read_frame()).await
+    {
+        let f = f.unwrap();
+        let msg = derp_proto::ServerToClient::decode(f.ty, f.payload).unwrap();
+        match msg {
+            derp_proto::ServerToClient::PeerPresent { peer, .. } => {
+                churner_frames += usize::from(peer == churner.public_key());
+                view.insert(peer);
+            }
+            derp_proto::ServerToClient::PeerGone { peer, .. } => {
+                churner_frames += usize::from(peer == churner.public_key());
+                view.remove(&peer);
+            }
+            _ => {}
+        }
+    }
+    let mut expected: HashSet<NodePublicKey> = stay.iter().map(|c| c.key).collect();
+    expected.insert(watcher.key);
+    expected.insert(churner.public_key());
+    assert_eq!(view, expected);
+    // 99 changes; at most one frame in the pipe, one in the writer's hands, one pending.
+    assert!(
+        churner_frames <= 3,
+        "{churner_frames} frames for the churned key"
+    );
 }

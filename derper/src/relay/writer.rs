@@ -1,7 +1,7 @@
 //! The on-demand writer: a task that exists only while a connection has something to write.
 //!
 //! It takes the parked [`Sink`](super::conn::Sink), drains the outbox in batches (control,
-//! pong, disco, data), encodes each batch into one buffer and writes it with one flush under
+//! pong, a mesh watcher's presence, disco, data), encodes each batch into one buffer and writes it with one flush under
 //! the write deadline. When the outbox is empty it parks the sink and ends, giving back its
 //! buffer; the next queued frame spawns a new writer.
 
@@ -245,6 +245,8 @@ fn encode_frames(
     for item in batch.drain(..) {
         match item {
             Outgoing::Control(c) => encode_control(c, seen_src, buf),
+            // Read now, not when the change was queued: the watcher gets the latest state.
+            Outgoing::Presence(key) => encode_control(relay.registry.presence(&key), seen_src, buf),
             Outgoing::Pong(d) => {
                 ServerToClient::Pong(d).encode(buf);
                 relay.metrics.sent_pong.increment(1);
