@@ -10,7 +10,8 @@
 //! - [`probe`]: check every node of a DERP map;
 //! - [`burst`]: bursts of N SendPackets in one write to a receiver that keeps up;
 //! - [`flood`]: clients streaming small frames without reading, against a canary pair;
-//! - `mesh`: pairs whose two peers sit on different relays of a region.
+//! - `mesh`: [`pairs`] spread over the relays of a region, some with both peers on one relay and
+//!   the rest across two, reported per class side by side.
 //!
 //! Each produces a [`report::Report`] that prints, serialises to JSON (with a latency histogram
 //! SVG next to it), merges across worker processes and Kubernetes Job pods, and is judged

@@ -169,6 +169,10 @@ struct PairsArgs {
     /// Only the first peer of each pair sends.
     #[arg(long)]
     one_way: bool,
+    /// `mesh` only: share of pairs with both peers on one relay (0 to 1, or a percentage); the
+    /// rest straddle two relays, and the report shows both classes side by side.
+    #[arg(long, default_value = "0.5", value_parser = parse_ratio)]
+    same_node_fraction: f64,
     /// Packets per flush at full speed.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -449,6 +453,13 @@ async fn pairs(a: PairsArgs, cross: bool) -> anyhow::Result<(Report, OutputArgs)
     c.setup_timeout = a.setup_timeout;
     c.connect_concurrency = a.dial.connect_concurrency;
     c.cross_relay = cross;
+    if !(0.0..=1.0).contains(&a.same_node_fraction) {
+        bail!(
+            "--same-node-fraction {} is not between 0 and 1",
+            a.same_node_fraction
+        );
+    }
+    c.same_node_fraction = a.same_node_fraction;
     c.one_way = a.one_way;
     c.nat_mix = a.nat_mix;
     c.stun = a.stun;

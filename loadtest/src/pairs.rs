@@ -3,17 +3,21 @@
 //! A run has three phases, each with its own deadline so the whole never outlives
 //! `setup_timeout + duration + drain + a grace second`:
 //!
-//! 1. **Setup**, per pair: both peers dial and handshake; with a NAT mix, each also learns its
-//!    mapped address by STUN through its simulated NAT, sends CallMeMaybe over DERP and disco
-//!    pings over UDP, and settles on a direct path (pong received) or the relay.
+//! 1. **Setup**, per pair: both peers dial and handshake (in the `mesh` scenario on the relays
+//!    [`placement`] picks, then exchanging route probes until each has heard from the other, so
+//!    the data phase measures the mesh rather than how fast a relay learns of a client on
+//!    another); with a NAT mix, each also learns its mapped address by STUN through its
+//!    simulated NAT, sends CallMeMaybe over DERP and disco pings over UDP, and settles on a
+//!    direct path (pong received) or the relay.
 //! 2. **Data**: from a common start instant, every peer sends to its partner (rate-limited or as
 //!    fast as the connection drains) until the common end, over its chosen path.
 //! 3. **Drain**: receivers keep counting for a short while so packets in flight are not lost.
 //!
 //! A pair that fails at setup is reported and left out; a peer that fails during data is
-//! reported and the rest carry on.
+//! reported and the rest carry on. The `mesh` scenario also reports each class of pair
+//! ([`PairClass`]: same node, cross node) on its own in [`Report::classes`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +37,7 @@ use crate::dial::DialOptions;
 use crate::disco::{DiscoKey, DiscoMessage, SharedBox};
 use crate::nat::{self, NatKind, NatMix, NatSocket, StunServer};
 use crate::payload::{self, DecodePacketError, PacketCodec};
-use crate::report::Report;
+use crate::report::{ClassReport, Report, Traffic};
 use crate::stats::{Histogram, Progress, RecvTracker};
 
 /// Packets queued before one flush when sending as fast as possible: enough to amortise the
@@ -64,8 +68,12 @@ pub struct PairsConfig {
     pub setup_timeout: Duration,
     /// Pairs set up at once.
     pub connect_concurrency: usize,
-    /// Put the two peers of a pair on different relays (the `mesh` scenario).
+    /// The `mesh` scenario: pairs are placed by [`placement`], some with both peers on one
+    /// relay and the rest across two, and the report gives both classes side by side.
     pub cross_relay: bool,
+    /// With `cross_relay`: the share of pairs (0 to 1) with both peers on one relay; the rest
+    /// are split across two.
+    pub same_node_fraction: f64,
     /// Only the first peer of each pair sends (the second only receives).
     pub one_way: bool,
     /// NAT behaviours and their weights; `None` skips STUN and disco (relay only).
@@ -120,6 +128,7 @@ impl PairsConfig {
             setup_timeout: Duration::from_secs(30),
             connect_concurrency: 256,
             cross_relay: false,
+            same_node_fraction: 0.5,
             one_way: false,
             nat_mix: None,
             stun: None,
@@ -133,9 +142,82 @@ impl PairsConfig {
     }
 }
 
+/// Where a pair's two peers sit relative to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PairClass {
+    /// Both on one relay: the packet never leaves it.
+    SameNode,
+    /// On two relays of a region: every packet crosses a mesh link.
+    CrossNode,
+}
+
+impl PairClass {
+    /// The class's key in [`Report::classes`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SameNode => "same_node",
+            Self::CrossNode => "cross_node",
+        }
+    }
+}
+
+/// A pair's class and the relay (index into the URL list) of each of its two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Placement {
+    /// Same node or across nodes.
+    pub class: PairClass,
+    /// Relay index of the first and the second peer.
+    pub relays: [usize; 2],
+}
+
+/// Places pair number `pair` on `relays` relays.
+///
+/// Without `cross_relay` (the `pairs` scenario) pair `k` sits on relay `k mod relays`, as
+/// always. With it (the `mesh` scenario), pair `k` is same-node when `⌊(k+1)·f⌋ > ⌊k·f⌋` for
+/// `f = same_node_fraction`, so any run of consecutive pairs, and so every shard, holds the
+/// fraction to within one pair and the two classes interleave. Each class then goes round the
+/// relays by its own count: the `j`th same-node pair on relay `j mod relays`, the `j`th
+/// cross-node pair on `j` and `j + 1` (mod `relays`). Every relay carries an equal share of each
+/// class (to within one pair), so the classes meet equal load.
+pub fn placement(
+    pair: u64,
+    relays: usize,
+    cross_relay: bool,
+    same_node_fraction: f64,
+) -> Placement {
+    let n = relays.max(1) as u64;
+    if !cross_relay {
+        let r = (pair % n) as usize;
+        return Placement {
+            class: PairClass::SameNode,
+            relays: [r, r],
+        };
+    }
+    let f = same_node_fraction.clamp(0.0, 1.0);
+    // Same-node pairs among 0..k; monotone in k, so the per-pair test below telescopes to an
+    // exact count over any range.
+    let same_before = |k: u64| (k as f64 * f).floor() as u64;
+    let before = same_before(pair);
+    if same_before(pair + 1) > before {
+        let r = (before % n) as usize;
+        Placement {
+            class: PairClass::SameNode,
+            relays: [r, r],
+        }
+    } else {
+        let j = pair - before;
+        Placement {
+            class: PairClass::CrossNode,
+            relays: [(j % n) as usize, ((j + 1) % n) as usize],
+        }
+    }
+}
+
 /// A peer ready for the data phase.
 struct ReadyPeer {
     name: String,
+    class: PairClass,
     client: Client,
     partner: NodePublicKey,
     codec: PacketCodec,
@@ -178,6 +260,12 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
     if cfg.size > derp_proto::consts::MAX_PACKET_SIZE {
         bail!("packet size {} exceeds 64 KiB", cfg.size);
     }
+    if cfg.cross_relay && cfg.dial.urls.len() < 2 {
+        bail!(
+            "the mesh scenario needs at least two relays (got {})",
+            cfg.dial.urls.len()
+        );
+    }
     let scenario = if cfg.cross_relay { "mesh" } else { "pairs" };
     let mut report = Report::new(scenario, &cfg.dial.urls.join(","));
     report.config = serde_json::to_value(cfg)?;
@@ -214,6 +302,8 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
     let mut tasks = JoinSet::new();
     let mut receivers = Vec::with_capacity(ready.len());
     let mut flows = Vec::with_capacity(ready.len());
+    // Per class (mesh scenario only): pairs, then each peer's sending flow and receiver.
+    let mut classes: BTreeMap<PairClass, ClassTally> = BTreeMap::new();
     for p in ready {
         report.paths.direct += u64::from(p.direct.is_some());
         report.paths.relayed += u64::from(p.direct.is_none());
@@ -225,6 +315,12 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
         flows.push(Arc::clone(&p.tx_flow));
         let rx = Arc::new(Mutex::new(Receiver::new(p.codec.clone())));
         receivers.push(Arc::clone(&rx));
+        if cfg.cross_relay {
+            let c = classes.entry(p.class).or_default();
+            c.pairs += u64::from(p.initiator);
+            c.flows.push(Arc::clone(&p.tx_flow));
+            c.receivers.push(Arc::clone(&rx));
+        }
         spawn_peer(&mut tasks, cfg, p, rx, epoch, start, end, &stop, &progress);
     }
     // Drain: until every packet sent has arrived, or --drain after the end, whichever is first.
@@ -251,14 +347,66 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
             }
         }
     }
-    let mut hist = Histogram::default();
-    for f in &flows {
-        report.traffic.sent += f.sent.load(Ordering::Relaxed);
+    tally(
+        &flows,
+        &receivers,
+        &mut report.traffic,
+        &mut report.latency_us.histogram,
+    );
+    for (class, c) in &classes {
+        let mut figures = ClassReport {
+            pairs: c.pairs,
+            ..ClassReport::default()
+        };
+        tally(
+            &c.flows,
+            &c.receivers,
+            &mut figures.traffic,
+            &mut figures.latency_us.histogram,
+        );
+        report.classes.insert(class.name().to_owned(), figures);
     }
-    for rx in &receivers {
+    if let Some(cross) = report.classes.get(PairClass::CrossNode.name())
+        && cross.traffic.sent > 0
+        && cross.traffic.received == 0
+    {
+        report.push_error(
+            "all pairs",
+            "mesh",
+            "no packet crossed between relays: are they meshed (same --mesh-psk-file, --mesh-with)?",
+        );
+    }
+    report.measured_secs = cfg.duration.as_secs_f64();
+    report.peers.failed = report
+        .peers
+        .requested
+        .saturating_sub(report.peers.connected)
+        .max(report.errors_total.min(report.peers.requested));
+    report.finalize();
+    Ok(report)
+}
+
+/// One class's share of the data phase: its pairs, and its peers' flows and receivers.
+#[derive(Default)]
+struct ClassTally {
+    pairs: u64,
+    flows: Vec<Arc<Flow>>,
+    receivers: Vec<Arc<Mutex<Receiver>>>,
+}
+
+/// Adds the flows' sent counts and the receivers' counts and latencies into `t` and `hist`.
+fn tally(
+    flows: &[Arc<Flow>],
+    receivers: &[Arc<Mutex<Receiver>>],
+    t: &mut Traffic,
+    hist: &mut Histogram,
+) {
+    for f in flows {
+        t.sent += f.sent.load(Ordering::Relaxed);
+    }
+    for rx in receivers {
         // A poisoned lock means a task panicked mid-update; its counts are still the best data.
         let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let t = &mut report.traffic;
         t.received += rx.tracker.unique;
         t.reordered += rx.tracker.reordered;
         t.duplicated += rx.tracker.duplicated;
@@ -268,22 +416,6 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
         t.bytes_received += rx.bytes;
         hist.merge(&rx.latency_us);
     }
-    if cfg.cross_relay && report.traffic.sent > 0 && report.traffic.received == 0 {
-        report.push_error(
-            "all pairs",
-            "mesh",
-            "no packet crossed between relays: are they meshed (same --mesh-psk-file, --mesh-with)?",
-        );
-    }
-    report.measured_secs = cfg.duration.as_secs_f64();
-    report.latency_us.histogram = hist;
-    report.peers.failed = report
-        .peers
-        .requested
-        .saturating_sub(report.peers.connected)
-        .max(report.errors_total.min(report.peers.requested));
-    report.finalize();
-    Ok(report)
 }
 
 /// Where a peer's NAT comes from: the userspace simulator, or real namespaces.
@@ -395,14 +527,16 @@ async fn setup_pair(
     let names = [format!("pair {pair} a"), format!("pair {pair} b")];
     let keys = [NodeSecretKey::generate(), NodeSecretKey::generate()];
     let pubs = [keys[0].public_key(), keys[1].public_key()];
-    let urls = if cfg.cross_relay {
-        [pair as usize, pair as usize + 1]
-    } else {
-        [pair as usize; 2]
-    };
+    let place = placement(
+        pair,
+        cfg.dial.urls.len(),
+        cfg.cross_relay,
+        cfg.same_node_fraction,
+    );
     let (ca, cb) = tokio::join!(
-        cfg.dial.connect(keys[0].clone(), 2 * pair, urls[0]),
-        cfg.dial.connect(keys[1].clone(), 2 * pair + 1, urls[1]),
+        cfg.dial.connect(keys[0].clone(), 2 * pair, place.relays[0]),
+        cfg.dial
+            .connect(keys[1].clone(), 2 * pair + 1, place.relays[1]),
     );
     let mut errs: SetupErrors = Vec::new();
     for r in [&ca, &cb] {
@@ -422,6 +556,34 @@ async fn setup_pair(
             return Err(errs);
         }
     };
+    if cfg.cross_relay {
+        // Measure the mesh, not how fast a node learns of a new client on another: both
+        // classes start the data phase with a route that has carried a packet each way.
+        let seen = confirm_route(&mut ca, &mut cb, ROUTE_TIMEOUT).await;
+        match seen {
+            Ok([true, true]) => {}
+            Ok(seen) => {
+                for (i, ok) in seen.into_iter().enumerate() {
+                    if !ok {
+                        errs.push((
+                            names[i].clone(),
+                            "route",
+                            anyhow::anyhow!(
+                                "nothing from its partner ({}) within {ROUTE_TIMEOUT:?}: are \
+                                 the relays meshed (same --mesh-psk-file, --mesh-with)?",
+                                place.class.name()
+                            ),
+                        ));
+                    }
+                }
+                return Err(errs);
+            }
+            Err((i, e)) => {
+                errs.push((names[i].clone(), "route", e));
+                return Err(errs);
+            }
+        }
+    }
     let key: [u8; 32] = rand::random();
     let codec = PacketCodec::new(pair as u32, key);
     let mut nats = [None, None];
@@ -491,6 +653,7 @@ async fn setup_pair(
     Ok([
         ReadyPeer {
             name: na_name,
+            class: place.class,
             client: ca,
             partner: pubs[1],
             codec: codec.clone(),
@@ -502,6 +665,7 @@ async fn setup_pair(
         },
         ReadyPeer {
             name: nb_name,
+            class: place.class,
             client: cb,
             partner: pubs[0],
             codec,
@@ -512,6 +676,54 @@ async fn setup_pair(
             rx_flow: Arc::clone(&flows[0]),
         },
     ])
+}
+
+/// How often a route probe is resent while the partner's relay may not yet know of us.
+const ROUTE_PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Longest a pair waits for a route probe each way before it is reported at stage `route`.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A route probe: disco-shaped (magic and a header of zeros) so that a late copy is skipped by
+/// the data receiver and fails to open in hole punching.
+fn route_probe() -> Vec<u8> {
+    let mut p = vec![0u8; derp_proto::disco::HEADER_LEN + 5];
+    p[..derp_proto::disco::MAGIC.len()].copy_from_slice(&derp_proto::disco::MAGIC);
+    let n = p.len();
+    p[n - 5..].copy_from_slice(b"route");
+    p
+}
+
+/// Sends route probes between `a` and `b` both ways until each has received one from the
+/// other, or `timeout`; returns which of `[a, b]` heard from its partner, or the side that
+/// failed and why.
+async fn confirm_route(
+    a: &mut Client,
+    b: &mut Client,
+    timeout: Duration,
+) -> Result<[bool; 2], (usize, anyhow::Error)> {
+    let probe = route_probe();
+    let (ka, kb) = (a.public_key(), b.public_key());
+    let is_probe = |m: ServerToClient, from: NodePublicKey| matches!(m, ServerToClient::RecvPacket { src, packet } if src == from && packet == probe);
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(ROUTE_PROBE_EVERY);
+    let side = |i: usize| move |e: derp_proto::io::ClientError| (i, anyhow::Error::from(e));
+    let mut seen = [false, false];
+    while seen != [true, true] {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = tick.tick() => {
+                if !seen[1] {
+                    a.send_packet(&kb, &probe).await.map_err(side(0))?;
+                }
+                if !seen[0] {
+                    b.send_packet(&ka, &probe).await.map_err(side(1))?;
+                }
+            }
+            m = a.recv() => seen[0] |= is_probe(m.map_err(side(0))?, kb),
+            m = b.recv() => seen[1] |= is_probe(m.map_err(side(1))?, ka),
+        }
+    }
+    Ok(seen)
 }
 
 /// How often CallMeMaybe is resent over DERP while punching (it may race the partner's login).
@@ -1039,6 +1251,97 @@ mod tests {
                 "symmetric - {k}"
             );
         }
+    }
+
+    #[test]
+    fn pairs_scenario_places_each_pair_on_one_relay_round_robin() {
+        for k in 0..10 {
+            let p = placement(k, 3, false, 0.5);
+            assert_eq!(p.class, PairClass::SameNode);
+            assert_eq!(p.relays, [(k % 3) as usize; 2]);
+        }
+    }
+
+    #[test]
+    fn mesh_placement_splits_classes_by_fraction_and_spreads_each_over_the_relays() {
+        for relays in 2..=4usize {
+            for f in [0.0, 0.1, 0.25, 0.3, 0.5, 0.75, 1.0] {
+                let pairs = 120u64;
+                let placed: Vec<_> = (0..pairs).map(|k| placement(k, relays, true, f)).collect();
+                let same = placed
+                    .iter()
+                    .filter(|p| p.class == PairClass::SameNode)
+                    .count() as u64;
+                assert_eq!(
+                    same,
+                    (pairs as f64 * f).floor() as u64,
+                    "{relays} relays, f {f}"
+                );
+                // Peers per relay and class: equal to within one pair's worth.
+                for class in [PairClass::SameNode, PairClass::CrossNode] {
+                    let mut per_relay = vec![0u64; relays];
+                    for p in placed.iter().filter(|p| p.class == class) {
+                        if class == PairClass::SameNode {
+                            assert_eq!(p.relays[0], p.relays[1]);
+                        } else {
+                            assert_ne!(p.relays[0], p.relays[1]);
+                        }
+                        for r in p.relays {
+                            per_relay[r] += 1;
+                        }
+                    }
+                    let (lo, hi) = (per_relay.iter().min(), per_relay.iter().max());
+                    assert!(
+                        hi.unwrap() - lo.unwrap() <= 2,
+                        "{class:?} over {relays} relays at f {f}: {per_relay:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mesh_placement_is_the_same_whatever_the_sharding() {
+        // Shards place by global pair index, so every shard holds the fraction to within one
+        // pair and the shards together are exactly the single-process run.
+        let f = 0.3;
+        let whole: Vec<_> = (0..100).map(|k| placement(k, 2, true, f)).collect();
+        let mut same_total = 0;
+        for (start, end) in [(0u64, 33u64), (33, 66), (66, 100)] {
+            let shard: Vec<_> = (start..end).map(|k| placement(k, 2, true, f)).collect();
+            assert_eq!(shard[..], whole[start as usize..end as usize]);
+            let same = shard
+                .iter()
+                .filter(|p| p.class == PairClass::SameNode)
+                .count();
+            let expected = (end - start) as f64 * f;
+            assert!(
+                (same as f64 - expected).abs() <= 1.0,
+                "{same} vs {expected}"
+            );
+            same_total += same;
+        }
+        assert_eq!(same_total, 30);
+        // Half and half alternates, so the classes meet the same moment of the run.
+        let classes: Vec<_> = (0..4).map(|k| placement(k, 2, true, 0.5).class).collect();
+        assert_eq!(
+            classes,
+            [
+                PairClass::CrossNode,
+                PairClass::SameNode,
+                PairClass::CrossNode,
+                PairClass::SameNode
+            ]
+        );
+    }
+
+    #[test]
+    fn route_probes_are_ignored_by_the_data_receiver() {
+        let probe = route_probe();
+        assert!(derp_proto::disco::looks_like_disco(&probe));
+        let mut rx = Receiver::new(PacketCodec::new(1, [2; 32]));
+        assert!(!rx.on_packet(&probe, 0));
+        assert_eq!((rx.foreign, rx.corrupted, rx.tracker.unique), (0, 0, 0));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct Report {
     pub traffic: Traffic,
     /// One-way latency of data packets, microseconds.
     pub latency_us: Latency,
+    /// The same figures per class of pair, side by side from one run (the `mesh` scenario:
+    /// `same_node` and `cross_node`); absent when the run has no classes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<String, ClassReport>,
     /// Every per-peer error, counted.
     pub errors_total: u64,
     /// The first [`MAX_LISTED_ERRORS`] per-peer errors.
@@ -140,6 +144,71 @@ pub struct Latency {
     pub histogram: Histogram,
 }
 
+/// Traffic and latency of one class of pairs (e.g. both peers on one relay, or on two).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ClassReport {
+    /// Pairs of this class that reached the data phase.
+    pub pairs: u64,
+    /// Data packet accounting of these pairs; rates over the run's `measured_secs`.
+    pub traffic: Traffic,
+    /// One-way latency of their data packets, microseconds.
+    pub latency_us: Latency,
+}
+
+impl ClassReport {
+    /// Adds `other`'s raw counts.
+    pub fn merge(&mut self, other: &Self) {
+        self.pairs += other.pairs;
+        self.traffic.add(&other.traffic);
+        self.latency_us.histogram.merge(&other.latency_us.histogram);
+    }
+
+    /// Recomputes the derived fields from the raw counts.
+    pub fn finalize(&mut self, measured_secs: f64) {
+        self.traffic.finalize(measured_secs);
+        self.latency_us.finalize();
+    }
+}
+
+impl Traffic {
+    /// Adds `other`'s raw counts (derived fields are left for [`Traffic::finalize`]).
+    pub fn add(&mut self, o: &Self) {
+        self.sent += o.sent;
+        self.received += o.received;
+        self.reordered += o.reordered;
+        self.duplicated += o.duplicated;
+        self.corrupted += o.corrupted;
+        self.foreign += o.foreign;
+        self.handshakes += o.handshakes;
+        self.bytes_received += o.bytes_received;
+    }
+
+    /// Recomputes loss and rates from the raw counts.
+    pub fn finalize(&mut self, measured_secs: f64) {
+        self.lost = self.sent.saturating_sub(self.received);
+        self.loss_ratio = ratio(self.lost, self.sent);
+        if measured_secs > 0.0 {
+            self.packets_per_sec = self.received as f64 / measured_secs;
+            self.bits_per_sec = 8.0 * self.bytes_received as f64 / measured_secs;
+        }
+    }
+}
+
+impl Latency {
+    /// Recomputes the percentiles from the histogram.
+    pub fn finalize(&mut self) {
+        let h = &self.histogram;
+        self.p50 = h.quantile(0.50);
+        self.p90 = h.quantile(0.90);
+        self.p99 = h.quantile(0.99);
+        self.p999 = h.quantile(0.999);
+        self.max = h.max;
+        self.mean = h.mean();
+    }
+}
+
 /// One peer's failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerError {
@@ -206,12 +275,9 @@ impl Report {
 
     /// Recomputes every derived field from the raw counts.
     pub fn finalize(&mut self) {
-        let t = &mut self.traffic;
-        t.lost = t.sent.saturating_sub(t.received);
-        t.loss_ratio = ratio(t.lost, t.sent);
-        if self.measured_secs > 0.0 {
-            t.packets_per_sec = t.received as f64 / self.measured_secs;
-            t.bits_per_sec = 8.0 * t.bytes_received as f64 / self.measured_secs;
+        self.traffic.finalize(self.measured_secs);
+        for c in self.classes.values_mut() {
+            c.finalize(self.measured_secs);
         }
         self.paths.direct_ratio = ratio(self.paths.direct, self.paths.direct + self.paths.relayed);
         // Server memory per connection, from the widest before/after readings (exact for one
@@ -225,13 +291,7 @@ impl Report {
             self.extra
                 .insert("server_bytes_per_conn".into(), per.into());
         }
-        let h = &self.latency_us.histogram;
-        self.latency_us.p50 = h.quantile(0.50);
-        self.latency_us.p90 = h.quantile(0.90);
-        self.latency_us.p99 = h.quantile(0.99);
-        self.latency_us.p999 = h.quantile(0.999);
-        self.latency_us.max = h.max;
-        self.latency_us.mean = h.mean();
+        self.latency_us.finalize();
     }
 
     /// Applies `th` and fills [`Report::verdict`]; call after [`finalize`](Self::finalize).
@@ -257,6 +317,25 @@ impl Report {
                 self.traffic.loss_ratio * 100.0,
                 max * 100.0
             ));
+        }
+        // Loss and p99 limits hold for every class as well as for the whole: a run whose
+        // cross-node pairs lose what its same-node pairs do not fails even if the total passes.
+        for (name, c) in &self.classes {
+            if let Some(max) = th.max_p99 {
+                let p99 = Duration::from_micros(c.latency_us.p99);
+                if p99 > max {
+                    f.push(format!("{name}: p99 latency {p99:?} > {max:?}"));
+                }
+            }
+            if let Some(max) = th.max_loss
+                && c.traffic.loss_ratio > max
+            {
+                f.push(format!(
+                    "{name}: loss {:.4} % > {:.4} %",
+                    c.traffic.loss_ratio * 100.0,
+                    max * 100.0
+                ));
+            }
         }
         if let Some(min) = th.min_direct_ratio
             && self.paths.direct_ratio < min
@@ -304,16 +383,11 @@ impl Report {
             e.peers += v.peers;
             e.direct += v.direct;
         }
-        let (t, o) = (&mut self.traffic, &other.traffic);
-        t.sent += o.sent;
-        t.received += o.received;
-        t.reordered += o.reordered;
-        t.duplicated += o.duplicated;
-        t.corrupted += o.corrupted;
-        t.foreign += o.foreign;
-        t.handshakes += o.handshakes;
-        t.bytes_received += o.bytes_received;
+        self.traffic.add(&other.traffic);
         self.latency_us.histogram.merge(&other.latency_us.histogram);
+        for (k, c) in &other.classes {
+            self.classes.entry(k.clone()).or_default().merge(c);
+        }
         self.errors_total += other.errors_total;
         for e in &other.errors {
             if self.errors.len() < MAX_LISTED_ERRORS {
@@ -384,6 +458,28 @@ impl Report {
                 "  latency    p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
+        }
+        if !self.classes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  by class   {:<12} {:>6} {:>10} {:>10} {:>8} {:>9} {:>11} {:>9} {:>9}",
+                "", "pairs", "sent", "received", "lost", "loss %", "packets/s", "p50 µs", "p99 µs"
+            );
+            for (name, c) in &self.classes {
+                let (t, l) = (&c.traffic, &c.latency_us);
+                let _ = writeln!(
+                    s,
+                    "             {name:<12} {:>6} {:>10} {:>10} {:>8} {:>9.4} {:>11.0} {:>9} {:>9}",
+                    c.pairs,
+                    t.sent,
+                    t.received,
+                    t.lost,
+                    t.loss_ratio * 100.0,
+                    t.packets_per_sec,
+                    l.p50,
+                    l.p99
+                );
+            }
         }
         if t.sent == 0 && l.histogram.count > 0 {
             let what = if self.scenario == "probe" {
@@ -528,6 +624,89 @@ mod tests {
         assert_eq!(m.latency_us.histogram.count, 1_980);
         assert_eq!(m.latency_us.p99, a.latency_us.p99);
         assert!((m.traffic.packets_per_sec - 990.0).abs() < 1e-9);
+    }
+
+    /// A mesh run: two same-node pairs that lost nothing, two cross-node pairs that lost 1 %
+    /// and were slower.
+    fn mesh_sample() -> Report {
+        let mut r = Report::new("mesh", "https://a/derp,https://b/derp");
+        r.measured_secs = 2.0;
+        for (name, lost, base) in [("same_node", 0, 100), ("cross_node", 4, 1_000)] {
+            let mut c = ClassReport {
+                pairs: 2,
+                ..ClassReport::default()
+            };
+            c.traffic.sent = 400;
+            c.traffic.received = 400 - lost;
+            c.traffic.bytes_received = (400 - lost) * 100;
+            for v in 0..c.traffic.received {
+                c.latency_us.histogram.record(base + v % 100);
+            }
+            r.traffic.add(&c.traffic);
+            r.latency_us.histogram.merge(&c.latency_us.histogram);
+            r.classes.insert(name.into(), c);
+        }
+        r.finalize();
+        r
+    }
+
+    #[test]
+    fn classes_are_derived_judged_and_printed_side_by_side() {
+        let mut r = mesh_sample();
+        let (same, cross) = (&r.classes["same_node"], &r.classes["cross_node"]);
+        assert_eq!(same.traffic.loss_ratio, 0.0);
+        assert!((cross.traffic.loss_ratio - 0.01).abs() < 1e-9);
+        assert!((same.traffic.packets_per_sec - 200.0).abs() < 1e-9);
+        assert!((cross.traffic.packets_per_sec - 198.0).abs() < 1e-9);
+        assert!(same.latency_us.p99 < 200 && cross.latency_us.p50 >= 1_000);
+        assert!((r.traffic.loss_ratio - 0.005).abs() < 1e-9);
+
+        // The total passes 0.6 %; the cross-node class does not.
+        r.judge(&Thresholds {
+            max_loss: Some(0.006),
+            ..Thresholds::default()
+        });
+        assert_eq!(r.verdict.failures.len(), 1, "{:?}", r.verdict.failures);
+        assert!(r.verdict.failures[0].starts_with("cross_node: loss"));
+        // A p99 limit between the classes fails only the slow one (and the total).
+        r.judge(&Thresholds {
+            max_p99: Some(Duration::from_micros(500)),
+            ..Thresholds::default()
+        });
+        let f = &r.verdict.failures;
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().any(|l| l.starts_with("cross_node: p99")), "{f:?}");
+
+        let text = r.summary();
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap()
+        };
+        assert!(row("same_node").contains(" 400 "), "{text}");
+        assert!(row("cross_node").contains(" 396 "), "{text}");
+    }
+
+    #[test]
+    fn classes_merge_exactly_and_are_absent_from_classless_json() {
+        let a = mesh_sample();
+        let back: Report = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        let mut m = Report::default();
+        m.merge(&a);
+        m.merge(&back);
+        m.finalize();
+        let cross = &m.classes["cross_node"];
+        assert_eq!(cross.pairs, 4);
+        assert_eq!(cross.traffic.sent, 800);
+        assert_eq!(cross.traffic.lost, 8);
+        assert_eq!(cross.latency_us.p99, a.classes["cross_node"].latency_us.p99);
+        assert!((cross.traffic.packets_per_sec - 396.0).abs() < 1e-9);
+        assert_eq!(m.classes["same_node"].traffic.lost, 0);
+
+        // Scenarios without classes keep the v1 shape exactly.
+        let v = serde_json::to_value(sample()).unwrap();
+        assert!(v.get("classes").is_none(), "{v}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Shared helpers: spawn our relay on loopback, connect our client, find Tailscale's derper.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mesh;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -118,8 +120,29 @@ pub fn tailscale_derper() -> Option<PathBuf> {
 pub struct GoDerper {
     child: std::process::Child,
     pub url: String,
+    /// The TCP port it serves DERP on (127.0.0.1).
+    pub port: u16,
     pub pin: Option<[u8; 32]>,
+    /// Its stderr (Go's log), when captured.
+    log: Option<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+impl GoDerper {
+    /// What it has logged so far (empty when its log is not captured).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process now (SIGKILL) and waits for it: its clients and mesh links see the
+    /// connections reset.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for GoDerper {
@@ -129,7 +152,7 @@ impl Drop for GoDerper {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -177,7 +200,9 @@ pub async fn start_go_derper(bin: &std::path::Path, tls: bool) -> GoDerper {
     GoDerper {
         child,
         url,
+        port,
         pin,
+        log: None,
         _dir: dir,
     }
 }
