@@ -87,6 +87,7 @@ if [[ $have_go -eq 1 && -x "$REPO/.tools/bin/derper" ]]; then
     go_suite() {
         local bin="$1" flavor="$2"
         (cd tests/go && DERPER_BIN="$bin" DERPER_FLAVOR="$flavor" STUNNER_BIN="$REPO/target/debug/stunner" \
+            TAILSCALE_DERPER_BIN="$REPO/.tools/bin/derper" \
             go test -tags ts_debug_websockets -count=1 -timeout 600s ./...)
     }
     step "go interop: Tailscale client code vs our derper + stunner" go_suite "$REPO/target/debug/derper" ours

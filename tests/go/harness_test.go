@@ -162,6 +162,10 @@ type server struct {
 	priv key.NodePrivate // from the key file
 	pub  key.NodePublic
 
+	// tlsName is the DERP node's HostName (SNI) in TLS mode: "127.0.0.1" unless set
+	// (mesh tests serve a CA-issued certificate for "localhost").
+	tlsName string
+
 	// TLS mode only.
 	certDER  []byte // leaf, as written to certDir/127.0.0.1.crt
 	certPin  string // "sha256-raw:<hex>" of certDER
@@ -446,7 +450,7 @@ func (s *server) derpRegion() *tailcfg.DERPRegion {
 		Nodes: []*tailcfg.DERPNode{{
 			Name:     "900a",
 			RegionID: 900,
-			HostName: "127.0.0.1",
+			HostName: s.hostName(),
 			CertName: s.certPin,
 			IPv4:     "127.0.0.1",
 			IPv6:     "none",
@@ -454,6 +458,14 @@ func (s *server) derpRegion() *tailcfg.DERPRegion {
 			DERPPort: s.port,
 		}},
 	}
+}
+
+// hostName is the name clients dial and send as SNI.
+func (s *server) hostName() string {
+	if s.tlsName != "" {
+		return s.tlsName
+	}
+	return "127.0.0.1"
 }
 
 // derpMap wraps derpRegion.
