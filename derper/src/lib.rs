@@ -22,6 +22,7 @@ pub mod http;
 pub mod keyfile;
 mod listener;
 mod log_limit;
+pub mod mesh;
 pub mod metrics;
 pub mod relay;
 pub mod tls;
