@@ -220,8 +220,9 @@ pub enum DnsSourceError {
 /// `peers`, until `cancel` fires.
 ///
 /// `exclude` holds our own addresses, left out of every answer. A failed or empty lookup keeps
-/// the published set. Returns early only if the source cannot start; the published set is not
-/// cleared on return (the caller decides what a stopped source means).
+/// the published set. Returns early only if the source cannot start. On return the published
+/// set is left as it was (the caller decides what a stopped source means; the channel closes
+/// when `peers` drops) and this source's peers leave `derp_mesh_dns_peers`.
 pub async fn run(
     source: DnsSource,
     exclude: HashSet<SocketAddr>,
@@ -231,7 +232,7 @@ pub async fn run(
 ) -> Result<(), DnsSourceError> {
     source.validate()?;
     let resolver = build_resolver(&source)?;
-    // Validated above.
+    // Cannot fail: validate() parsed it.
     let name = Name::from_str(&source.name).map_err(|e| ConfigError::Invalid {
         key: "mesh.dns.name",
         reason: e.to_string(),
@@ -264,19 +265,25 @@ pub async fn run(
         };
         let change = membership.update(answer, std::time::Instant::now());
         record(&source, &metrics, &change, detail.as_deref(), targets_cut);
-        if targets_cut != last_targets_cut && targets_cut > 0 {
-            warn!(
-                name = %source.name,
-                cut = targets_cut,
-                max_peers = source.max_peers,
-                "mesh DNS: more SRV targets than max_peers; resolving the first by name"
-            );
+        if detail.is_none() {
+            if targets_cut > 0 && targets_cut != last_targets_cut {
+                warn!(
+                    name = %source.name,
+                    cut = targets_cut,
+                    max_peers = source.max_peers,
+                    "mesh DNS: more SRV targets than max_peers; resolving the first by name"
+                );
+            }
+            last_targets_cut = targets_cut;
         }
-        last_targets_cut = targets_cut;
         if change.is_change() {
             peers.send_replace(membership.current().clone());
         }
     }
+    // This source names no one any more; the gauge is a sum over sources.
+    metrics
+        .mesh_dns_peers
+        .decrement(membership.current().len() as f64);
     Ok(())
 }
 
@@ -404,9 +411,8 @@ async fn resolve_srv(
     name: &Name,
     max_targets: usize,
 ) -> Result<Answer, Failure> {
-    let lookup = match records(resolver.srv_lookup(name.clone()).await)? {
-        Some(lookup) => lookup,
-        None => return Err(nxdomain(name)),
+    let Some(lookup) = records(resolver.srv_lookup(name.clone()).await)? else {
+        return Err(nxdomain(name));
     };
     let mut targets: Vec<(Name, u16)> = lookup
         .answers()
@@ -559,7 +565,8 @@ mod tests {
     fn validation_names_the_key() {
         let ok = DnsSource::new("derp.example.com.", RecordKind::Addresses { port: 443 });
         ok.validate().unwrap();
-        let cases: [(&str, fn(&mut DnsSource)); 7] = [
+        type Spoil = fn(&mut DnsSource);
+        let cases: [(&str, Spoil); 7] = [
             ("mesh.dns.name", |s| s.name = " ".into()),
             ("mesh.dns.name", |s| s.name = "a..b".into()),
             ("mesh.dns.interval", |s| s.interval = Duration::ZERO),
