@@ -135,3 +135,17 @@ pub const MESH_RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// Keys one mesh link may announce (a peer relay's clients); more are refused and counted.
 pub const MESH_MAX_KEYS_PER_LINK: usize = 1 << 20;
+
+/// How often a DNS mesh source re-resolves its name. Kubernetes' CoreDNS serves records with a
+/// 5 s TTL and a pod becomes ready within seconds, so 10 s finds a new relay of the region
+/// about as fast as its clients do, at one query pair per relay per 10 s.
+pub const MESH_DNS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Deadline for one DNS mesh lookup round (every query it makes, SRV targets included); the
+/// resolver's default per-query timeout, so a round never outlives a normal resolver's patience.
+pub const MESH_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most mesh peers one DNS source may name. A region is a handful of relays; 64 leaves room
+/// for large ones while a misconfigured name (a Service of thousands of pods) cannot make a
+/// relay dial thousands of links.
+pub const MESH_DNS_MAX_PEERS: usize = 64;

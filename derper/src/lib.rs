@@ -142,6 +142,8 @@ impl Server {
         let limit = Arc::new(Semaphore::new(max_conns.min(Semaphore::MAX_PERMITS)));
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // If start-up fails after a task was spawned (mesh links, STUN), stop it again.
+        let stop_on_error = cancel.clone().drop_guard();
         let ctx = Arc::new(HttpContext {
             relay: relay.clone(),
             home: config.home.clone(),
@@ -149,24 +151,29 @@ impl Server {
             upgrade_response: relay.upgrade_response(),
         });
 
-        // Checked before binding anything, so a bad peer list fails start-up cleanly.
+        let main = bind_with_fallback(config.addr)?;
+        let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
+            addr: config.addr,
+            source,
+        })?;
         let mesh = if config.mesh.has_peers() {
-            Some(mesh::Mesh::new(
+            // Answers naming our own listen address are not dialled (the wildcard cannot be
+            // matched; those are found by server key instead).
+            let exclude = [main_addr]
+                .into_iter()
+                .filter(|a| !a.ip().is_unspecified())
+                .collect();
+            Some(mesh::Mesh::start(
                 relay.clone(),
                 &config.mesh,
                 config.mesh_key.clone(),
+                exclude,
                 tasks.clone(),
                 cancel.clone(),
             )?)
         } else {
             None
         };
-
-        let main = bind_with_fallback(config.addr)?;
-        let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
-            addr: config.addr,
-            source,
-        })?;
         let mut http_addr = None;
         let mut loops = vec![AcceptLoop {
             listener: main,
@@ -211,10 +218,7 @@ impl Server {
             let t = tasks.clone();
             tasks.spawn(l.run(c, t));
         }
-        let mesh = mesh.map(|(mut mesh, targets)| {
-            mesh.reconcile(&targets);
-            mesh
-        });
+        stop_on_error.disarm();
         Ok(ServerHandle {
             relay,
             main_addr,
@@ -266,11 +270,6 @@ impl ServerHandle {
         self.mesh.as_ref()
     }
 
-    /// The running mesh, to change its targets (membership sources).
-    pub fn mesh_mut(&mut self) -> Option<&mut mesh::Mesh> {
-        self.mesh.as_mut()
-    }
-
     /// The TLS setup, when TLS is on.
     pub fn tls(&self) -> Option<&tls::TlsSetup> {
         self.tls.as_ref()
@@ -291,8 +290,8 @@ impl ServerHandle {
 
     /// Stops accepting, sends Restarting to every client, closes all connections and waits for
     /// every task to end.
-    pub async fn shutdown(mut self) {
-        if let Some(mesh) = &mut self.mesh {
+    pub async fn shutdown(self) {
+        if let Some(mesh) = &self.mesh {
             mesh.stop();
         }
         self.cancel.cancel();

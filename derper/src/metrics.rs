@@ -65,6 +65,14 @@ pub mod names {
     pub const MESH_PRESENCE_UPDATES_TOTAL: &str = "derp_mesh_presence_updates_total";
     /// `derp_mesh_watchers_closed_total`.
     pub const MESH_WATCHERS_CLOSED_TOTAL: &str = "derp_mesh_watchers_closed_total";
+    /// `derp_mesh_dns_changes_total`.
+    pub const MESH_DNS_CHANGES_TOTAL: &str = "derp_mesh_dns_changes_total";
+    /// `derp_mesh_dns_lookups_total`.
+    pub const MESH_DNS_LOOKUPS_TOTAL: &str = "derp_mesh_dns_lookups_total";
+    /// `derp_mesh_dns_peers`.
+    pub const MESH_DNS_PEERS: &str = "derp_mesh_dns_peers";
+    /// `derp_mesh_dns_truncated_total`.
+    pub const MESH_DNS_TRUNCATED_TOTAL: &str = "derp_mesh_dns_truncated_total";
     /// `derp_packets_dropped_total`.
     pub const PACKETS_DROPPED_TOTAL: &str = "derp_packets_dropped_total";
     /// `derp_packets_received_total`.
@@ -211,6 +219,31 @@ impl HandshakeFailure {
     }
 }
 
+/// How one DNS membership lookup ended (label `result` of `derp_mesh_dns_lookups_total`). The
+/// discriminant indexes the handle array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DnsLookupResult {
+    /// At least one usable address.
+    Ok,
+    /// An answer without a usable address; the peer set was kept.
+    Empty,
+    /// NXDOMAIN, timeout, server error or transport error; the peer set was kept.
+    Error,
+}
+
+impl DnsLookupResult {
+    const ALL: [Self; 3] = [Self::Ok, Self::Empty, Self::Error];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Empty => "empty",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// Pre-registered metric handles, shared as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -277,6 +310,18 @@ pub struct Metrics {
     /// `derp_forwarders_dropped_total`: mesh announcements not recorded because a key already
     /// had the maximum number of forwarders.
     pub forwarders_dropped: Counter,
+    /// `derp_mesh_dns_lookups_total{result}`: DNS membership lookups, by outcome.
+    mesh_dns_lookups: [Counter; 3],
+    /// `derp_mesh_dns_peers`: mesh peers the DNS sources currently name, summed over sources
+    /// (each source adds and subtracts its own changes).
+    pub mesh_dns_peers: Gauge,
+    /// `derp_mesh_dns_changes_total{change=added}`: peers that appeared in DNS answers.
+    pub mesh_dns_added: Counter,
+    /// `derp_mesh_dns_changes_total{change=removed}`: peers that disappeared from DNS answers.
+    pub mesh_dns_removed: Counter,
+    /// `derp_mesh_dns_truncated_total`: DNS answers with more addresses than `max_peers`, cut
+    /// to the first `max_peers` (counted on every lookup that is cut).
+    pub mesh_dns_truncated: Counter,
     /// `derp_write_batch_frames`: frames written per flush.
     pub write_batch_frames: Histogram,
     /// `derp_queue_delay_seconds`: age of the oldest packet in each written batch.
@@ -322,6 +367,12 @@ impl Metrics {
             connection_limit_rejections: counter!(names::CONNECTION_LIMIT_REJECTIONS_TOTAL),
             watchers_dropped: counter!(names::PEER_GONE_WATCHERS_DROPPED_TOTAL),
             forwarders_dropped: counter!(names::FORWARDERS_DROPPED_TOTAL),
+            mesh_dns_lookups: DnsLookupResult::ALL
+                .map(|r| counter!(names::MESH_DNS_LOOKUPS_TOTAL, "result" => r.as_str())),
+            mesh_dns_peers: gauge!(names::MESH_DNS_PEERS),
+            mesh_dns_added: counter!(names::MESH_DNS_CHANGES_TOTAL, "change" => "added"),
+            mesh_dns_removed: counter!(names::MESH_DNS_CHANGES_TOTAL, "change" => "removed"),
+            mesh_dns_truncated: counter!(names::MESH_DNS_TRUNCATED_TOTAL),
             write_batch_frames: histogram!(names::WRITE_BATCH_FRAMES),
             queue_delay: histogram!(names::QUEUE_DELAY_SECONDS),
         }
@@ -343,6 +394,11 @@ impl Metrics {
     pub fn received_packet(&self, kind: PacketKind, len: usize) {
         self.packets_received[kind.index()].increment(1);
         self.bytes_received.increment(len as u64);
+    }
+
+    /// Counts one DNS membership lookup.
+    pub fn mesh_dns_lookup(&self, result: DnsLookupResult) {
+        self.mesh_dns_lookups[result as usize].increment(1);
     }
 
     /// Counts one failed handshake.
@@ -446,6 +502,22 @@ fn describe() {
         names::FORWARDERS_DROPPED_TOTAL,
         "Mesh announcements not recorded because a key had the maximum number of forwarders"
     );
+    describe_counter!(
+        names::MESH_DNS_LOOKUPS_TOTAL,
+        "DNS mesh membership lookups, by result (ok, empty, error)"
+    );
+    describe_gauge!(
+        names::MESH_DNS_PEERS,
+        "Mesh peers named by the DNS membership sources"
+    );
+    describe_counter!(
+        names::MESH_DNS_CHANGES_TOTAL,
+        "Mesh peers added to or removed from the DNS membership, by change"
+    );
+    describe_counter!(
+        names::MESH_DNS_TRUNCATED_TOTAL,
+        "DNS membership answers cut to max_peers addresses"
+    );
     describe_histogram!(names::WRITE_BATCH_FRAMES, "Frames written per socket flush");
     describe_histogram!(
         names::QUEUE_DELAY_SECONDS,
@@ -500,6 +572,9 @@ mod tests {
         }
         for (i, h) in HandshakeFailure::ALL.iter().enumerate() {
             assert_eq!(*h as usize, i, "{h:?}");
+        }
+        for (i, r) in DnsLookupResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
         }
     }
 }

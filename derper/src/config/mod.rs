@@ -18,6 +18,7 @@ use std::time::Duration;
 use derp_proto::MeshKey;
 
 pub use self::cli::{Cli, CommandLine, normalize_go_flags};
+pub(crate) use self::duration::go_duration;
 pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
 pub use self::settings::{
     AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, PerClientLimits,

@@ -270,6 +270,10 @@ pub struct MeshSettings {
     pub write_timeout: Duration,
     /// Keys one link may announce; more are refused and counted.
     pub max_keys_per_link: usize,
+    /// `[[mesh.dns]]`: names re-resolved on an interval; every address found is a peer
+    /// (a Kubernetes headless Service, or SRV records).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<crate::mesh::dns::DnsSource>,
 }
 
 impl Default for MeshSettings {
@@ -287,20 +291,24 @@ impl Default for MeshSettings {
             reconnect_max: defaults::MESH_RECONNECT_MAX,
             write_timeout: defaults::MESH_WRITE_TIMEOUT,
             max_keys_per_link: defaults::MESH_MAX_KEYS_PER_LINK,
+            dns: Vec::new(),
         }
     }
 }
 
 impl MeshSettings {
-    /// Whether outbound links are configured.
+    /// Whether outbound links are configured (static peers or DNS sources).
     pub fn has_peers(&self) -> bool {
-        !self.peers.is_empty()
+        !self.peers.is_empty() || !self.dns.is_empty()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         for peer in &self.peers {
             crate::mesh::PeerTarget::parse(peer)
                 .map_err(|e| invalid("mesh.peers", e.to_string()))?;
+        }
+        for source in &self.dns {
+            source.validate()?;
         }
         for (key, value) in [
             ("mesh.queue_packets", self.queue_packets),
@@ -330,7 +338,7 @@ impl MeshSettings {
         if self.has_peers() && self.psk_file.is_none() {
             return Err(invalid(
                 "mesh.peers",
-                "--mesh-with requires --mesh-psk-file (mesh.psk_file)",
+                "--mesh-with and [[mesh.dns]] require --mesh-psk-file (mesh.psk_file)",
             ));
         }
         Ok(())

@@ -8,7 +8,7 @@
 //! watching us, and ForwardPacket delivery) is part of the relay core.
 //!
 //! Membership: the set of targets is the static `--mesh-with` list plus whatever the
-//! membership sources (DNS) currently report; [`Mesh::reconcile`] starts links for new targets
+//! membership sources (DNS) currently report; each change starts links for new targets
 //! and stops links for targets that went away. A target that turns out to be this relay
 //! (same server key) is kept as a stopped entry so it is not dialled again.
 //!
@@ -17,16 +17,19 @@
 //! links are TLS by default, verified against the system roots, a `--mesh-ca` bundle, or a
 //! per-peer `sha256-raw:` pin; plain links need `--mesh-allow-plain`.
 
+pub mod dns;
+pub mod membership;
 pub mod target;
 
 mod forwarder;
 mod link;
 mod metrics;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use derp_proto::MeshKey;
 use derp_proto::backoff::{BackoffConfig, Jitter};
@@ -57,6 +60,9 @@ pub enum MeshError {
          answers as that relay; use https, or accept the risk with --mesh-allow-plain"
     )]
     PlainRefused(String),
+    /// A DNS source is misconfigured.
+    #[error(transparent)]
+    Dns(crate::config::ConfigError),
     /// The CA bundle could not be used.
     #[error("mesh CA bundle {path}: {reason}")]
     CaBundle {
@@ -67,9 +73,17 @@ pub enum MeshError {
     },
 }
 
-/// The running mesh: owns every link task.
-#[derive(Debug)]
+/// The running mesh: the links to the region's other relays, kept in step with the static
+/// peer list and the DNS sources. Dropping it does not stop anything; the server's
+/// cancellation (or [`Mesh::stop`]) does.
+#[derive(Debug, Clone)]
 pub struct Mesh {
+    links: Arc<Mutex<Links>>,
+}
+
+/// Every link task, by target.
+#[derive(Debug)]
+struct Links {
     ctx: Arc<LinkContext>,
     links: HashMap<PeerTarget, Running>,
     next_id: u64,
@@ -85,26 +99,33 @@ struct Running {
 }
 
 impl Mesh {
-    /// Checks the settings and builds the mesh for `relay` (no links yet; see
-    /// [`Mesh::reconcile`]). Returns the static targets too.
-    pub fn new(
+    /// Checks the settings and starts the mesh for `relay`: links to the static peers at
+    /// once, and one task per DNS source whose answers add and remove links. `exclude` holds
+    /// this relay's own listen addresses (DNS answers naming them are not dialled; anything
+    /// else that is this relay is found by its server key). Every task belongs to `tasks`
+    /// and stops with `cancel`.
+    pub fn start(
         relay: Relay,
         settings: &MeshSettings,
         mesh_key: Option<MeshKey>,
+        exclude: HashSet<SocketAddr>,
         tasks: TaskTracker,
         cancel: CancellationToken,
-    ) -> Result<(Self, BTreeSet<PeerTarget>), MeshError> {
-        let targets = settings
+    ) -> Result<Self, MeshError> {
+        let statics = settings
             .peers
             .iter()
             .map(|p| PeerTarget::parse(p))
             .collect::<Result<BTreeSet<_>, _>>()?;
-        let mesh_key = match mesh_key {
-            Some(k) => k,
-            None if targets.is_empty() => MeshKey::from_bytes([0; 32]),
-            None => return Err(MeshError::NoMeshKey),
+        let mut templates = Vec::new();
+        for source in &settings.dns {
+            source.validate().map_err(MeshError::Dns)?;
+            templates.push(source.peer_template().map_err(MeshError::Dns)?);
+        }
+        let Some(mesh_key) = mesh_key else {
+            return Err(MeshError::NoMeshKey);
         };
-        for t in &targets {
+        for t in statics.iter().chain(&templates) {
             if t.is_plain() {
                 if !settings.allow_plain {
                     return Err(MeshError::PlainRefused(t.name.clone()));
@@ -132,21 +153,108 @@ impl Mesh {
             },
             metrics: MeshMetrics::new(),
         });
-        Ok((
-            Self {
-                ctx,
-                links: HashMap::new(),
-                next_id: 1,
-                tasks,
-                cancel,
-            },
-            targets,
-        ))
+        let metrics = ctx.relay.metrics().clone();
+        let mut links = Links {
+            ctx,
+            links: HashMap::new(),
+            next_id: 1,
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        };
+        links.reconcile(&statics);
+        let mesh = Self {
+            links: Arc::new(Mutex::new(links)),
+        };
+        if settings.dns.is_empty() {
+            return Ok(mesh);
+        }
+        let mut found = Vec::new();
+        for (source, template) in settings.dns.iter().cloned().zip(templates) {
+            let (tx, rx) = tokio::sync::watch::channel(BTreeSet::new());
+            let (exclude, metrics, cancel) = (exclude.clone(), metrics.clone(), cancel.clone());
+            let name = source.name.clone();
+            tasks.spawn(async move {
+                if let Err(e) = dns::run(source, exclude, metrics, tx, cancel).await {
+                    tracing::error!(source = %name, error = %e, "mesh DNS source stopped");
+                }
+            });
+            found.push((template, rx));
+        }
+        let membership = mesh.clone();
+        tasks.spawn(async move {
+            membership.follow(statics, found, cancel).await;
+        });
+        Ok(mesh)
     }
 
+    /// Reconciles the links with the static targets plus every DNS source's current
+    /// answer, each time an answer changes, until cancelled or every source has stopped.
+    async fn follow(
+        &self,
+        statics: BTreeSet<PeerTarget>,
+        mut found: Vec<(
+            PeerTarget,
+            tokio::sync::watch::Receiver<BTreeSet<SocketAddr>>,
+        )>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let mut desired = statics.clone();
+            for (template, rx) in &mut found {
+                desired.extend(rx.borrow_and_update().iter().map(|a| template.at(*a)));
+            }
+            self.lock().reconcile(&desired);
+            if found.is_empty() {
+                return;
+            }
+            let changes = found
+                .iter_mut()
+                .map(|(_, rx)| Box::pin(rx.changed()))
+                .collect::<Vec<_>>();
+            let (changed, index, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = futures_util::future::select_all(changes) => r,
+            };
+            if changed.is_err() {
+                // That source's task ended (it logged why); its last answer no longer counts.
+                found.remove(index);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Links> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Targets with a link (including ones found to be this relay).
+    pub fn targets(&self) -> Vec<PeerTarget> {
+        self.lock().links.keys().cloned().collect()
+    }
+
+    /// Targets found to be this relay (their links stopped after the first connect).
+    pub fn self_targets(&self) -> Vec<PeerTarget> {
+        self.lock()
+            .links
+            .iter()
+            .filter(|(_, r)| r.is_self.load(Ordering::Relaxed))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Stops every link (the DNS sources stop with the server's cancellation).
+    pub fn stop(&self) {
+        let mut links = self.lock();
+        for (_, running) in links.links.drain() {
+            running.cancel.cancel();
+        }
+        links.ctx.metrics.links_configured.set(0.0);
+    }
+}
+
+impl Links {
     /// Makes the running links exactly `desired`: starts links for new targets and stops
     /// links whose target is gone. Links already running are left alone.
-    pub fn reconcile(&mut self, desired: &BTreeSet<PeerTarget>) {
+    fn reconcile(&mut self, desired: &BTreeSet<PeerTarget>) {
         let gone: Vec<PeerTarget> = self
             .links
             .keys()
@@ -183,28 +291,6 @@ impl Mesh {
             .metrics
             .links_configured
             .set(self.links.len() as f64);
-    }
-
-    /// Targets with a link (including ones found to be this relay).
-    pub fn targets(&self) -> impl Iterator<Item = &PeerTarget> {
-        self.links.keys()
-    }
-
-    /// Targets found to be this relay (their links stopped after the first connect).
-    pub fn self_targets(&self) -> Vec<&PeerTarget> {
-        self.links
-            .iter()
-            .filter(|(_, r)| r.is_self.load(Ordering::Relaxed))
-            .map(|(t, _)| t)
-            .collect()
-    }
-
-    /// Stops every link.
-    pub fn stop(&mut self) {
-        for (_, running) in self.links.drain() {
-            running.cancel.cancel();
-        }
-        self.ctx.metrics.links_configured.set(0.0);
     }
 }
 
