@@ -21,6 +21,8 @@ pub mod names {
     pub const BYTES_RECEIVED_TOTAL: &str = "derp_bytes_received_total";
     /// `derp_bytes_sent_total`.
     pub const BYTES_SENT_TOTAL: &str = "derp_bytes_sent_total";
+    /// `derp_clients_remote`.
+    pub const CLIENTS_REMOTE: &str = "derp_clients_remote";
     /// `derp_connection_limit_rejections_total`.
     pub const CONNECTION_LIMIT_REJECTIONS_TOTAL: &str = "derp_connection_limit_rejections_total";
     /// `derp_control_dropped_total`.
@@ -116,10 +118,13 @@ pub enum DropReason {
     WriteError,
     /// The destination key has several connections and none is active.
     DupClient,
+    /// A mesh peer forwarded a packet whose source is a client connected only here: it
+    /// cannot have come from that peer's node.
+    ForgedSource,
 }
 
 impl DropReason {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::UnknownDest,
         Self::UnknownDestOnFwd,
         Self::GoneDisconnected,
@@ -127,6 +132,7 @@ impl DropReason {
         Self::QueueTail,
         Self::WriteError,
         Self::DupClient,
+        Self::ForgedSource,
     ];
 
     /// The label value.
@@ -139,6 +145,7 @@ impl DropReason {
             Self::QueueTail => "queue_tail",
             Self::WriteError => "write_error",
             Self::DupClient => "dup_client",
+            Self::ForgedSource => "forged_src",
         }
     }
 }
@@ -257,6 +264,8 @@ pub struct Metrics {
     pub current_home_connections: Gauge,
     /// `derp_current_dup_client_keys`: keys with more than one connection.
     pub current_dup_client_keys: Gauge,
+    /// `derp_clients_remote`: keys known only through mesh links (Go: `gauge_clients_remote`).
+    pub clients_remote: Gauge,
     /// `derp_dup_client_conns_total`: connections that joined a key already connected.
     pub dup_client_conns: Counter,
     /// `derp_bytes_received_total`: packet bytes received from clients (SendPacket payloads).
@@ -268,9 +277,9 @@ pub struct Metrics {
     /// `derp_packets_sent_total`: packets written to clients.
     pub packets_sent: Counter,
     /// `derp_packets_dropped_total{reason,kind}`.
-    packets_dropped: [[Counter; 2]; 7],
+    packets_dropped: [[Counter; 2]; 8],
     /// `derp_bytes_dropped_total{reason,kind}`.
-    bytes_dropped: [[Counter; 2]; 7],
+    bytes_dropped: [[Counter; 2]; 8],
     /// `derp_handshake_failures_total{reason}`.
     handshake_failures: [Counter; 6],
     /// `derp_peer_gone_frames_total{reason=disconnected}`.
@@ -339,6 +348,7 @@ impl Metrics {
             current_connections: gauge!(names::CURRENT_CONNECTIONS),
             current_home_connections: gauge!(names::CURRENT_HOME_CONNECTIONS),
             current_dup_client_keys: gauge!(names::CURRENT_DUP_CLIENT_KEYS),
+            clients_remote: gauge!(names::CLIENTS_REMOTE),
             dup_client_conns: counter!(names::DUP_CLIENT_CONNS_TOTAL),
             bytes_received: counter!(names::BYTES_RECEIVED_TOTAL),
             bytes_sent: counter!(names::BYTES_SENT_TOTAL),
@@ -426,6 +436,10 @@ fn describe() {
     describe_gauge!(
         names::CURRENT_HOME_CONNECTIONS,
         "Connections whose client marked this relay as home"
+    );
+    describe_gauge!(
+        names::CLIENTS_REMOTE,
+        "Keys connected to other relays of the region and not here (Go: gauge_clients_remote)"
     );
     describe_gauge!(
         names::CURRENT_DUP_CLIENT_KEYS,

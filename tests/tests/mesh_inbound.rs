@@ -75,6 +75,28 @@ async fn watcher_sees_presence_and_can_forward() {
         (remote_src, b"via mesh".to_vec())
     );
 
+    // A forged source: a client connected here (and announced by no mesh link) cannot have
+    // sent through another node. The forged packet is dropped; the next one, from a genuine
+    // remote source on the same connection, is what a receives.
+    let local = common::connect(&url).await;
+    for (src, data) in [
+        (local.public_key(), &b"forged"[..]),
+        (remote_src, &b"genuine"[..]),
+    ] {
+        watcher
+            .send(&ClientToServer::ForwardPacket {
+                src,
+                dst: a.public_key(),
+                packet: bytes::Bytes::copy_from_slice(data),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        common::recv_packet(&mut a).await,
+        (remote_src, b"genuine".to_vec())
+    );
+
     // ClosePeer: a's connection is closed by the server.
     watcher
         .send(&ClientToServer::ClosePeer(a.public_key()))

@@ -120,6 +120,9 @@ async fn mesh_series_move() {
     assert_eq!(value(&t, "derp_mesh_links", &[("state", "up")]), 2.0, "{t}");
     assert_eq!(value(&t, "derp_mesh_self_links_total", &[]), 2.0, "{t}");
     assert_eq!(value(&t, "derp_mesh_link_up", &[("peer", &names[1])]), 1.0);
+    // Each node knows the other's client (and the other node's link key) only remotely; the
+    // gauge is shared by both nodes in this process.
+    assert!(value(&t, "derp_clients_remote", &[]) >= 2.0, "{t}");
     assert!(
         value(
             &t,

@@ -19,6 +19,7 @@ use super::Inner;
 use super::conn::{ConnHandle, Control, Enqueued};
 use super::forward::{self, Origin};
 use super::limiter;
+use crate::metrics::{DropReason, PacketKind};
 
 /// Why the reader ended the connection.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +79,21 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                     forwarded_in
                         .get_or_insert_with(|| InboundCounters::new(relay, conn))
                         .count(relay, conn, packet.len());
-                    forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, &mut not_here)
+                    if relay.registry.is_local_only(&src) {
+                        // The source is a client of this node that no peer announced: the
+                        // peer is forging it (or replaying a client that moved here).
+                        metrics.drop_packet(
+                            DropReason::ForgedSource,
+                            PacketKind::of(&packet),
+                            packet.len(),
+                        );
+                        if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
+                            tracing::info!(mesh_peer = %conn.key.short(), remote = %conn.remote, src = %src.short(), suppressed, "dropped ForwardPacket from a source connected here");
+                        }
+                        Enqueued::Closed
+                    } else {
+                        forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, &mut not_here)
+                    }
                 }
                 ClientToServer::NotePreferred(p) => {
                     if p != preferred {

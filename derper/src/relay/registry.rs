@@ -92,6 +92,11 @@ impl KeyEntry {
         !self.conns.is_empty() || !self.forwarders.is_empty()
     }
 
+    /// Known only through mesh links (Go: counted in `gauge_clients_remote`).
+    fn is_remote_only(&self) -> bool {
+        self.conns.is_empty() && !self.forwarders.is_empty()
+    }
+
     /// The local connection mesh watchers are told about: the active one, else the newest.
     fn presented(&self) -> Option<&ConnHandle> {
         self.active
@@ -107,6 +112,8 @@ pub(crate) struct Registry {
     /// Mesh watchers (WatchConns senders); small, so a mutex is fine.
     watchers: Mutex<HashMap<ConnectionId, ConnHandle>>,
     dup_keys: AtomicU64,
+    /// Keys known only through mesh links.
+    remote_only: std::sync::atomic::AtomicI64,
     limits: RegistryLimits,
     metrics: Arc<Metrics>,
 }
@@ -117,6 +124,7 @@ impl Registry {
             clients: DashMap::new(),
             watchers: Mutex::new(HashMap::new()),
             dup_keys: AtomicU64::new(0),
+            remote_only: std::sync::atomic::AtomicI64::new(0),
             limits,
             metrics,
         }
@@ -129,6 +137,8 @@ impl Registry {
             if entry.conns.len() >= self.limits.max_conns_per_key {
                 return Err(RegisterError::TooManyDups(entry.conns.len()));
             }
+            // Connecting here makes a remote key local.
+            self.track_remote(entry.is_remote_only(), false);
             match entry.conns.len() {
                 0 => {}
                 1 => {
@@ -196,6 +206,7 @@ impl Registry {
                     entry.history.clear();
                     if !entry.forwarders.is_empty() {
                         // Still in the region through another node: nobody is told.
+                        self.track_remote(false, true);
                     } else {
                         let entry = occ.remove();
                         notify.extend(entry.peer_gone_watchers);
@@ -244,7 +255,9 @@ impl Registry {
             self.metrics.forwarders_dropped.increment(1);
             return false;
         }
+        let before = entry.is_remote_only();
         entry.forwarders.push(fwd);
+        self.track_remote(before, entry.is_remote_only());
         true
     }
 
@@ -253,12 +266,37 @@ impl Registry {
     pub(crate) fn remove_forwarder(&self, key: &NodePublicKey, link: LinkId) {
         let mut notify = Vec::new();
         if let dashmap::Entry::Occupied(mut occ) = self.clients.entry(*key) {
+            let before = occ.get().is_remote_only();
             occ.get_mut().forwarders.retain(|f| f.link_id() != link);
+            self.track_remote(before, occ.get().is_remote_only());
             if !occ.get().in_region() {
                 notify.extend(occ.remove().peer_gone_watchers);
             }
         }
         self.notify_gone(*key, notify);
+    }
+
+    /// Whether `key` is connected here and no mesh link announced it: packets from it cannot
+    /// arrive by ForwardPacket from another node.
+    pub(crate) fn is_local_only(&self, key: &NodePublicKey) -> bool {
+        self.clients
+            .get(key)
+            .is_some_and(|e| !e.conns.is_empty() && e.forwarders.is_empty())
+    }
+
+    /// Keeps `derp_clients_remote` in step with one entry's change.
+    fn track_remote(&self, before: bool, after: bool) {
+        let delta = i64::from(after) - i64::from(before);
+        if delta != 0 {
+            let n = self.remote_only.fetch_add(delta, Ordering::Relaxed) + delta;
+            self.metrics.clients_remote.set(n as f64);
+        }
+    }
+
+    /// Keys known only through mesh links.
+    #[cfg(test)]
+    pub(crate) fn remote_only_count(&self) -> i64 {
+        self.remote_only.load(Ordering::Relaxed)
     }
 
     /// Withdraws every route through `link` (the link broke: Go's MeshConnBroke). Returns how
@@ -431,7 +469,11 @@ impl Registry {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         let mut dups = 0;
+        let mut remote_only = 0;
         for e in self.clients.iter() {
+            if e.is_remote_only() {
+                remote_only += 1;
+            }
             if !e.in_region() {
                 return Err(format!(
                     "{:?} has neither connections nor forwarders",
@@ -470,6 +512,12 @@ impl Registry {
                     return Err("is_dup flag out of sync".into());
                 }
             }
+        }
+        if remote_only != self.remote_only_count() {
+            return Err(format!(
+                "remote-only count {} != {remote_only}",
+                self.remote_only_count()
+            ));
         }
         if dups != self.dup_keys.load(Ordering::Relaxed) {
             return Err(format!(
