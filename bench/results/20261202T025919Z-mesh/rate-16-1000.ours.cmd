@@ -1,0 +1,1 @@
+loadtest mesh --pairs 16 --rate 1000 --size 1280 --duration 10s --same-node-fraction 0.5 --url https://localhost:38479/derp,https://localhost:38480/derp --insecure
