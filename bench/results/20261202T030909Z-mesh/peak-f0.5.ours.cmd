@@ -1,0 +1,1 @@
+loadtest mesh --pairs 8 --max --window 64 --size 1280 --duration 10s --same-node-fraction 0.5 --url https://localhost:25603/derp,https://localhost:25604/derp --insecure

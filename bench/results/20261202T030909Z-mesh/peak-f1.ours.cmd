@@ -1,0 +1,1 @@
+loadtest mesh --pairs 8 --max --window 64 --size 1280 --duration 10s --same-node-fraction 1 --url https://localhost:25607/derp,https://localhost:25608/derp --insecure

@@ -1,0 +1,1 @@
+loadtest pairs --url http://127.0.0.1:3350/derp,http://127.0.0.1:3351/derp,http://127.0.0.1:3352/derp,http://127.0.0.1:3353/derp,http://127.0.0.1:3354/derp,http://127.0.0.1:3355/derp --pairs 50000 --workers 6 --source-ips 127.0.1.1-127.0.1.32 --rate 0.2 --size 200 --duration 20s --setup-timeout 5m --json /work/main/bench/results/scale-100k-mesh/mesh-100k-six-relays-unmeshed.json
