@@ -16,6 +16,18 @@ pub enum DecodeError {
         /// The receiver's limit for this frame.
         max: usize,
     },
+    /// A server got a frame of a type it does not know, longer than it is willing to discard
+    /// ([`MAX_UNKNOWN_FRAME_LEN`](crate::consts::MAX_UNKNOWN_FRAME_LEN)); the connection must
+    /// close (Go: `handleUnknownFrame`).
+    #[error("unknown frame type {:#04x} too large: {len} bytes (limit {max})", ty.0)]
+    UnknownTooLarge {
+        /// Frame type from the header.
+        ty: FrameType,
+        /// Announced payload length.
+        len: usize,
+        /// The limit for unknown frame types.
+        max: usize,
+    },
     /// The payload is shorter or longer than its frame type requires.
     #[error("frame {ty:?} has invalid length {len}")]
     BadLength {

@@ -211,11 +211,8 @@ pub fn read_client_info(
         });
     }
     let len = frame.payload.len();
-    if !(MIN_CLIENT_INFO_LEN..=MAX_CLIENT_INFO_LEN).contains(&len) || frame.is_skipped() {
-        return Err(HandshakeError::BadLength {
-            ty: frame.ty,
-            len: frame.len,
-        });
+    if !(MIN_CLIENT_INFO_LEN..=MAX_CLIENT_INFO_LEN).contains(&len) {
+        return Err(HandshakeError::BadLength { ty: frame.ty, len });
     }
     let client_key = NodePublicKey::from_slice(&frame.payload)
         .ok_or(HandshakeError::BadLength { ty: frame.ty, len })?;
@@ -453,7 +450,6 @@ mod tests {
         let ping = RawFrame {
             ty: FrameType::PING,
             payload: bytes::Bytes::from_static(&[0; 8]),
-            len: 8,
         };
         assert!(matches!(
             read_client_info(&server, &ping),
@@ -462,7 +458,6 @@ mod tests {
         let short = RawFrame {
             ty: FrameType::CLIENT_INFO,
             payload: bytes::Bytes::from_static(&[0; 40]),
-            len: 40,
         };
         assert!(matches!(
             read_client_info(&server, &short),
