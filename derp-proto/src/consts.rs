@@ -37,6 +37,10 @@ pub const MAX_UNKNOWN_FRAME_LEN: usize = MAX_PACKET_SIZE + KEY_LEN;
 /// Largest ClientInfo frame a server accepts; bounds the JSON it parses (Go: `recvClientKey`).
 pub const MAX_CLIENT_INFO_LEN: usize = 256 << 10;
 
+/// Longest `AppName` a client may put in ClientInfo, in bytes of printable ASCII (Go:
+/// `MaxAppNameLen`, checked by `ValidAppName`).
+pub const MAX_APP_NAME_LEN: usize = 32;
+
 /// Smallest valid ClientInfo: client key, nonce and an empty box.
 pub const MIN_CLIENT_INFO_LEN: usize = KEY_LEN + NONCE_LEN;
 

@@ -84,6 +84,16 @@ pub enum HandshakeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The `AppName` in ClientInfo is not at most
+    /// [`MAX_APP_NAME_LEN`](crate::consts::MAX_APP_NAME_LEN) bytes of printable ASCII (Go:
+    /// `ValidAppName`); the server refuses the client.
+    #[error("invalid AppName {start:?} ({len} bytes): must be at most 32 bytes of printable ASCII")]
+    InvalidAppName {
+        /// Its first 40 characters, for the log line.
+        start: String,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// A mesh key in ClientInfo was not 64 hex digits.
     #[error("invalid mesh key in client info")]
     BadMeshKey,

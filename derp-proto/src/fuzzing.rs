@@ -349,7 +349,14 @@ pub fn handshake_server(data: &[u8]) {
             assert_eq!(hello.info, info);
             check_client_info(&info);
         }
-        (Err(HandshakeError::Json { .. } | HandshakeError::BadMeshKey), Err(_)) => {}
+        (
+            Err(
+                HandshakeError::Json { .. }
+                | HandshakeError::BadMeshKey
+                | HandshakeError::InvalidAppName { .. },
+            ),
+            Err(_),
+        ) => {}
         (opened, parsed) => panic!("read_client_info {opened:?} but from_json {parsed:?}"),
     }
 }
@@ -368,6 +375,12 @@ pub fn client_info_open(data: &[u8]) {
 }
 
 fn check_client_info(info: &ClientInfo) {
+    if let Some(name) = &info.app_name {
+        assert!(
+            !name.is_empty() && handshake::valid_app_name(name),
+            "accepted AppName {name:?}"
+        );
+    }
     let json = info.to_json();
     match ClientInfo::from_json(&json) {
         Ok(back) => assert_eq!(

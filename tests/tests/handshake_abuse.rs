@@ -2,8 +2,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use derp_proto::handshake::{self, ClientInfo};
+use derp_proto::io::{FramedRead, ReadFrameError};
+use derp_proto::{FrameDecoder, FrameType, NodeSecretKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -61,10 +66,10 @@ async fn malformed_client_info_is_closed_and_others_unaffected() {
 #[tokio::test(start_paused = true)]
 async fn silent_client_is_cut_at_the_handshake_deadline() {
     // The default deadline (10 s) on paused time, driven over an in-memory pipe.
-    let config = derper::RelayConfig::new(derp_proto::NodeSecretKey::generate());
+    let config = derper::RelayConfig::new(NodeSecretKey::generate());
     let deadline = config.settings.handshake_timeout;
     let started = tokio::time::Instant::now();
-    let relay = derper::Relay::new(config, std::sync::Arc::new(derper::metrics::Metrics::new()));
+    let relay = derper::Relay::new(config, Arc::new(derper::metrics::Metrics::new()));
     let (server_io, mut client_io) = tokio::io::duplex(4096);
     let meta = derper::relay::ConnMeta::new(
         "127.0.0.1:1".parse().unwrap(),
@@ -72,7 +77,7 @@ async fn silent_client_is_cut_at_the_handshake_deadline() {
     );
     let accept = tokio::spawn({
         let relay = relay.clone();
-        async move { relay.accept(server_io, bytes::BytesMut::new(), meta).await }
+        async move { relay.accept(server_io, BytesMut::new(), meta).await }
     });
     let mut key_frame = [0u8; 45];
     client_io.read_exact(&mut key_frame).await.unwrap();
@@ -135,4 +140,83 @@ async fn bytes_that_cannot_be_http_get_400_at_once() {
     let mut b = common::connect(&server.derp_url()).await;
     a.send_packet(&b.public_key(), b"fine").await.unwrap();
     assert_eq!(common::recv_packet(&mut b).await.1, b"fine");
+}
+
+/// A ClientInfo whose AppName is 200 KB (inside the 256 KiB frame cap) is refused, as Go's
+/// `ValidAppName` refuses it, and counted as a protocol failure; a regular client on the same
+/// relay is unaffected. We used to accept and keep the whole name.
+#[tokio::test]
+async fn a_huge_app_name_is_refused_and_counted() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let scrape = recorder.handle();
+    let metrics = Arc::new(metrics::with_local_recorder(
+        &recorder,
+        derper::metrics::Metrics::new,
+    ));
+    let relay = derper::Relay::new(derper::RelayConfig::new(NodeSecretKey::generate()), metrics);
+    let sample = |series: &str| {
+        scrape
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+
+    // Runs the handshake with `info` over a pipe; returns the accept result and the frame
+    // the client got after ClientInfo.
+    let login = |info: ClientInfo| {
+        let relay = relay.clone();
+        async move {
+            let (server_io, client_io) = tokio::io::duplex(512 * 1024);
+            let meta = derper::relay::ConnMeta::new(
+                "127.0.0.1:1".parse().unwrap(),
+                derper::relay::TransportKind::Upgrade,
+            );
+            let accept = tokio::spawn({
+                let relay = relay.clone();
+                async move { relay.accept(server_io, BytesMut::new(), meta).await }
+            });
+            let (r, mut w) = tokio::io::split(client_io);
+            let mut reader = FramedRead::new(r, FrameDecoder::client(), BytesMut::new());
+            let key = handshake::read_server_key(&reader.read_frame().await.unwrap()).unwrap();
+            let mut out = BytesMut::new();
+            handshake::write_client_info(&mut out, &NodeSecretKey::generate(), &key, &info);
+            w.write_all(&out).await.unwrap();
+            let next = tokio::time::timeout(Duration::from_secs(5), reader.read_frame())
+                .await
+                .expect("an answer or a close");
+            (accept, next, reader, w)
+        }
+    };
+
+    let mut huge = ClientInfo::new();
+    huge.app_name = Some("A".repeat(200_000));
+    let (accept, next, ..) = login(huge).await;
+    assert!(matches!(next, Err(ReadFrameError::Closed)), "{next:?}");
+    let result = accept.await.unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(derper::relay::AcceptError::Handshake(
+                derp_proto::HandshakeError::InvalidAppName { len: 200_000, .. }
+            ))
+        ),
+        "{result:?}"
+    );
+    let failures = "derp_handshake_failures_total{reason=\"protocol\"}";
+    assert_eq!(sample(failures), 1.0);
+
+    let mut named = ClientInfo::new();
+    named.app_name = Some("tailscaled".into());
+    for info in [ClientInfo::new(), named] {
+        let (_accept, next, _r, _w) = login(info).await;
+        assert_eq!(next.unwrap().ty, FrameType::SERVER_INFO);
+    }
+    assert_eq!(sample(failures), 1.0, "others are not refused");
+    assert_eq!(sample("derp_accepts_total"), 2.0);
 }
