@@ -5,10 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use derp_proto::handshake::{self, ClientInfo};
 use derp_proto::io::{FramedRead, ReadFrameError};
-use derp_proto::{FrameDecoder, FrameType, NodeSecretKey};
+use derp_proto::{FrameDecoder, FrameType, NodeSecretKey, RawFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -140,6 +140,137 @@ async fn bytes_that_cannot_be_http_get_400_at_once() {
     let mut b = common::connect(&server.derp_url()).await;
     a.send_packet(&b.public_key(), b"fine").await.unwrap();
     assert_eq!(common::recv_packet(&mut b).await.1, b"fine");
+}
+
+/// A WebSocket upgrade as Tailscale's client sends it (the RFC 6455 sample key).
+const WS_UPGRADE: &str = "GET /derp HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Upgrades to WebSocket with [`WS_UPGRADE`]; returns the socket after the 101 head and the head.
+async fn websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(WS_UPGRADE.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("101 head")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// Reads one unmasked server frame: the first header byte (FIN + opcode) and the payload.
+async fn read_ws_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await?;
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => usize::from(s.read_u16().await?),
+            127 => usize::try_from(s.read_u64().await?).unwrap(),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).await?;
+        Ok::<_, std::io::Error>((h[0], payload))
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a frame in time")
+        .unwrap()
+}
+
+/// A masked client frame with FIN set (the zero mask, so the payload goes as it is).
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Completes the DERP handshake inside binary WebSocket messages.
+async fn derp_over_websocket(addr: std::net::SocketAddr) -> TcpStream {
+    let (mut s, _) = websocket(addr).await;
+    let (op, server_key) = read_ws_frame(&mut s).await;
+    assert_eq!(op, 0x82);
+    let server_key = handshake::read_server_key(&RawFrame {
+        ty: FrameType(server_key[0]),
+        payload: Bytes::copy_from_slice(&server_key[5..]),
+    })
+    .unwrap();
+    let mut info = BytesMut::new();
+    handshake::write_client_info(
+        &mut info,
+        &NodeSecretKey::generate(),
+        &server_key,
+        &ClientInfo::new(),
+    );
+    s.write_all(&ws_frame(0x2, &info)).await.unwrap();
+    let (op, server_info) = read_ws_frame(&mut s).await;
+    assert_eq!((op, server_info[0]), (0x82, FrameType::SERVER_INFO.0));
+    s
+}
+
+/// The close frame a server sends: FIN + opcode 8, the code, the reason.
+fn ws_close(code: u16, reason: &str) -> (u8, Vec<u8>) {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    (0x88, payload)
+}
+
+/// After the upgrade, a text message closes the connection with 1003 (unsupported data), as
+/// Tailscale's `wsconn` does. We used to drop the connection without a close frame.
+#[tokio::test]
+async fn a_websocket_text_message_closes_with_1003() {
+    let server = common::plain_server().await;
+    let mut s = derp_over_websocket(server.local_addr()).await;
+    s.write_all(&ws_frame(0x1, b"hello")).await.unwrap();
+    assert_eq!(
+        read_ws_frame(&mut s).await,
+        ws_close(1003, "text message on a DERP websocket")
+    );
+}
+
+/// More than `MAX_EMPTY_MESSAGES` empty binary messages in a row close with 1008 (policy
+/// violation); up to that many, then a frame, is fine. We used to read empty messages for ever.
+#[tokio::test]
+async fn a_flood_of_empty_websocket_messages_closes_with_1008() {
+    use derp_proto::io::MAX_EMPTY_MESSAGES;
+    let server = common::plain_server().await;
+    let mut s = derp_over_websocket(server.local_addr()).await;
+    let empty = ws_frame(0x2, b"");
+    s.write_all(&empty.repeat(MAX_EMPTY_MESSAGES as usize))
+        .await
+        .unwrap();
+    let ping = [0x12, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    s.write_all(&ws_frame(0x2, &ping)).await.unwrap();
+    let (op, pong) = read_ws_frame(&mut s).await;
+    assert_eq!(
+        (op, &pong[..]),
+        (0x82, &[0x13, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8][..])
+    );
+
+    s.write_all(&empty.repeat(MAX_EMPTY_MESSAGES as usize + 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_ws_frame(&mut s).await,
+        ws_close(1008, "too many empty messages in a row")
+    );
 }
 
 /// A ClientInfo whose AppName is 200 KB (inside the 256 KiB frame cap) is refused, as Go's
