@@ -142,8 +142,87 @@ async fn bytes_that_cannot_be_http_get_400_at_once() {
     assert_eq!(common::recv_packet(&mut b).await.1, b"fine");
 }
 
+/// Writes `request` and returns everything the server answers before it closes.
+async fn answer(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// HTTP/1.1 requires Host; Go's net/http answers 400 before derper's handler runs. We used to
+/// accept the upgrade.
+#[tokio::test]
+async fn an_upgrade_without_host_gets_400() {
+    let server = common::plain_server().await;
+    let addr = server.local_addr();
+    let r = answer(
+        addr,
+        "GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        r,
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 46\r\nConnection: close\r\n\r\n400 Bad Request: missing required Host header\n"
+    );
+    let r = answer(addr, &WS_UPGRADE.replace("Host: x\r\n", "")).await;
+    assert!(
+        r.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && r.ends_with("missing required Host header\n"),
+        "{r}"
+    );
+    // Clients that send Host (ours, Tailscale's) are unaffected.
+    let mut a = common::connect(&server.derp_url()).await;
+    let mut b = common::connect(&server.derp_url()).await;
+    a.send_packet(&b.public_key(), b"hosted").await.unwrap();
+    assert_eq!(common::recv_packet(&mut b).await.1, b"hosted");
+}
+
 /// A WebSocket upgrade as Tailscale's client sends it (the RFC 6455 sample key).
 const WS_UPGRADE: &str = "GET /derp HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// RFC 6455 §4.2.1/§4.4: a bad or missing key and a version other than 13 get 400 (with the
+/// version we speak). tungstenite used to accept any key and drop the others without a word.
+#[tokio::test]
+async fn a_malformed_websocket_handshake_gets_400() {
+    let server = common::plain_server().await;
+    let addr = server.local_addr();
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (request, reason) in [
+        (
+            WS_UPGRADE.replace(key, "Sec-WebSocket-Key: c2hvcnQ=\r\n"),
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        ),
+        (
+            WS_UPGRADE.replace(key, ""),
+            "exactly one Sec-WebSocket-Key header is required",
+        ),
+        (
+            WS_UPGRADE.replace("Version: 13", "Version: 8"),
+            "unsupported WebSocket version (only 13 is supported)",
+        ),
+        (
+            WS_UPGRADE.replace("Sec-WebSocket-Version: 13\r\n", ""),
+            "unsupported WebSocket version (only 13 is supported)",
+        ),
+    ] {
+        let r = answer(addr, &request).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                && r.ends_with(&format!("\r\n\r\n400 Bad Request: {reason}\n")),
+            "{request:?} got {r:?}"
+        );
+        let names_13 = r.contains("\r\nSec-WebSocket-Version: 13\r\n");
+        assert_eq!(names_13, reason.starts_with("unsupported"), "{r}");
+    }
+    // The well-formed handshake still upgrades.
+    let (_ws, head) = websocket(addr).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+}
 
 /// Upgrades to WebSocket with [`WS_UPGRADE`]; returns the socket after the 101 head and the head.
 async fn websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
