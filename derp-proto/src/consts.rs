@@ -28,8 +28,18 @@ pub const MAX_PACKET_SIZE: usize = 64 << 10;
 /// Anything longer is rejected before a byte of it is buffered. ClientInfo has its own, larger cap.
 pub const MAX_FRAME_LEN: usize = 2 * KEY_LEN + MAX_PACKET_SIZE;
 
+/// Largest unknown frame a server reads and discards (Go: `maxUnknownFrameLen`): a SendPacket
+/// with a full-size packet, the largest frame a regular client sends, which leaves room for
+/// future frame types. A longer unknown frame closes the connection, as in Go v1.104, rather
+/// than make the server discard an arbitrary amount.
+pub const MAX_UNKNOWN_FRAME_LEN: usize = MAX_PACKET_SIZE + KEY_LEN;
+
 /// Largest ClientInfo frame a server accepts; bounds the JSON it parses (Go: `recvClientKey`).
 pub const MAX_CLIENT_INFO_LEN: usize = 256 << 10;
+
+/// Longest `AppName` a client may put in ClientInfo, in bytes of printable ASCII (Go:
+/// `MaxAppNameLen`, checked by `ValidAppName`).
+pub const MAX_APP_NAME_LEN: usize = 32;
 
 /// Smallest valid ClientInfo: client key, nonce and an empty box.
 pub const MIN_CLIENT_INFO_LEN: usize = KEY_LEN + NONCE_LEN;

@@ -16,6 +16,18 @@ pub enum DecodeError {
         /// The receiver's limit for this frame.
         max: usize,
     },
+    /// A server got a frame of a type it does not know, longer than it is willing to discard
+    /// ([`MAX_UNKNOWN_FRAME_LEN`](crate::consts::MAX_UNKNOWN_FRAME_LEN)); the connection must
+    /// close (Go: `handleUnknownFrame`).
+    #[error("unknown frame type {:#04x} too large: {len} bytes (limit {max})", ty.0)]
+    UnknownTooLarge {
+        /// Frame type from the header.
+        ty: FrameType,
+        /// Announced payload length.
+        len: usize,
+        /// The limit for unknown frame types.
+        max: usize,
+    },
     /// The payload is shorter or longer than its frame type requires.
     #[error("frame {ty:?} has invalid length {len}")]
     BadLength {
@@ -71,6 +83,16 @@ pub enum HandshakeError {
         /// Parser error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The `AppName` in ClientInfo is not at most
+    /// [`MAX_APP_NAME_LEN`](crate::consts::MAX_APP_NAME_LEN) bytes of printable ASCII (Go:
+    /// `ValidAppName`); the server refuses the client.
+    #[error("invalid AppName {start:?} ({len} bytes): must be at most 32 bytes of printable ASCII")]
+    InvalidAppName {
+        /// Its first 40 characters, for the log line.
+        start: String,
+        /// Its length in bytes.
+        len: usize,
     },
     /// A mesh key in ClientInfo was not 64 hex digits.
     #[error("invalid mesh key in client info")]

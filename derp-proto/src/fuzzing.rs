@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::consts::{
     FRAME_HEADER_LEN, KEY_LEN, MAX_CLIENT_INFO_LEN, MAX_CLIENT_RECV_FRAME_LEN, MAX_FRAME_LEN,
-    NONCE_LEN,
+    MAX_UNKNOWN_FRAME_LEN, NONCE_LEN,
 };
 use crate::frame::{ClientToServer, FrameDecoder, FrameType, RawFrame, ServerToClient};
 use crate::handshake::{self, ClientInfo, ServerInfo};
@@ -77,7 +77,7 @@ pub fn frame_decoder(data: &[u8]) {
             let chunked = cut(side, data, &sizes);
             assert_eq!(whole, chunked, "{side:?}: chunked input differs");
         }
-        for frame in whole.frames.iter().filter(|f| !f.is_skipped()) {
+        for frame in &whole.frames {
             match side {
                 Side::Server => check_client_message(frame.ty, frame.payload.clone()),
                 Side::Client => {
@@ -143,11 +143,10 @@ fn cut(side: Side, data: &[u8], sizes: &[usize]) -> Cut {
                 }
             }
         }
-        // Waiting for bytes: `needed` asks for more unless the decoder is discarding an
-        // oversized unknown frame (then it says 0: any byte makes progress).
+        // Waiting for bytes: `needed` asks for more.
         let needed = decoder.needed(&buf);
         assert!(
-            needed > 0 || frames.iter().any(RawFrame::is_skipped),
+            needed > 0,
             "{side:?}: decode wants more bytes but needed() is 0"
         );
         if rest.is_empty() {
@@ -167,23 +166,21 @@ fn check_cut(side: Side, data: &[u8], cut: &Cut) {
         let header = &data[at..at + FRAME_HEADER_LEN];
         assert_eq!(header[0], frame.ty.0);
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        assert_eq!(len, frame.len);
+        assert_eq!(len, frame.payload.len());
+        assert!(len <= limit(side, frame.ty));
         at += FRAME_HEADER_LEN;
-        if frame.is_skipped() {
-            assert_eq!(side, Side::Server, "only servers skip frames");
-            assert!(frame.ty.name().is_none() && frame.len > MAX_FRAME_LEN);
-            assert!(frame.payload.is_empty());
-            at += frame.len.min(data.len() - at);
-        } else {
-            assert_eq!(frame.payload.len(), frame.len);
-            assert!(frame.len <= limit(side, frame.ty));
-            assert_eq!(&data[at..at + frame.len], &frame.payload[..]);
-            at += frame.len;
-        }
+        assert_eq!(&data[at..at + len], &frame.payload[..]);
+        at += len;
     }
     match (&cut.error, &cut.rest) {
         (Some(DecodeError::TooLarge { ty, len, max }), None) => {
             assert_eq!(data[at], ty.0);
+            assert!(side == Side::Client || ty.name().is_some());
+            assert!(*len > *max && *max == limit(side, *ty));
+        }
+        (Some(DecodeError::UnknownTooLarge { ty, len, max }), None) => {
+            assert_eq!(data[at], ty.0);
+            assert!(side == Side::Server && ty.name().is_none());
             assert!(*len > *max && *max == limit(side, *ty));
         }
         (Some(e), _) => panic!("{side:?}: the frame decoder returned {e:?}"),
@@ -198,7 +195,8 @@ fn limit(side: Side, ty: FrameType) -> usize {
     match (side, ty) {
         (Side::Client, _) => MAX_CLIENT_RECV_FRAME_LEN,
         (Side::Server, FrameType::CLIENT_INFO) => MAX_CLIENT_INFO_LEN,
-        (Side::Server, _) => MAX_FRAME_LEN,
+        (Side::Server, ty) if ty.name().is_some() => MAX_FRAME_LEN,
+        (Side::Server, _) => MAX_UNKNOWN_FRAME_LEN,
     }
 }
 
@@ -232,7 +230,6 @@ pub fn server_messages(data: &[u8]) {
         check_server_message(FrameType(ty), payload.clone());
         check_client_handshake(&RawFrame {
             ty: FrameType(ty),
-            len: payload.len(),
             payload,
         });
     }
@@ -343,7 +340,6 @@ pub fn handshake_server(data: &[u8]) {
     sealed.extend(client.seal_to_with_nonce(&server.public_key(), [0x24; NONCE_LEN], data));
     let frame = RawFrame {
         ty: FrameType::CLIENT_INFO,
-        len: sealed.len(),
         payload: Bytes::from(sealed),
     };
     let opened = handshake::read_client_info(server, &frame);
@@ -353,7 +349,14 @@ pub fn handshake_server(data: &[u8]) {
             assert_eq!(hello.info, info);
             check_client_info(&info);
         }
-        (Err(HandshakeError::Json { .. } | HandshakeError::BadMeshKey), Err(_)) => {}
+        (
+            Err(
+                HandshakeError::Json { .. }
+                | HandshakeError::BadMeshKey
+                | HandshakeError::InvalidAppName { .. },
+            ),
+            Err(_),
+        ) => {}
         (opened, parsed) => panic!("read_client_info {opened:?} but from_json {parsed:?}"),
     }
 }
@@ -372,6 +375,12 @@ pub fn client_info_open(data: &[u8]) {
 }
 
 fn check_client_info(info: &ClientInfo) {
+    if let Some(name) = &info.app_name {
+        assert!(
+            !name.is_empty() && handshake::valid_app_name(name),
+            "accepted AppName {name:?}"
+        );
+    }
     let json = info.to_json();
     match ClientInfo::from_json(&json) {
         Ok(back) => assert_eq!(

@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::consts::{
-    KEY_LEN, MAGIC, MAX_CLIENT_INFO_LEN, MIN_CLIENT_INFO_LEN, NONCE_LEN, PROTOCOL_VERSION,
+    KEY_LEN, MAGIC, MAX_APP_NAME_LEN, MAX_CLIENT_INFO_LEN, MIN_CLIENT_INFO_LEN, NONCE_LEN,
+    PROTOCOL_VERSION,
 };
 use crate::error::HandshakeError;
 use crate::frame::{FrameType, RawFrame, write_frame_header};
@@ -26,7 +27,9 @@ pub struct ClientInfo {
     pub can_ack_pings: bool,
     /// Set by probers; reported in PeerPresent flags.
     pub is_prober: bool,
-    /// Opaque application label (since Tailscale v1.102).
+    /// Opaque application label (since Tailscale v1.102): at most [`MAX_APP_NAME_LEN`] bytes of
+    /// printable ASCII ([`valid_app_name`]); never empty (an empty `AppName` reads as `None`, as
+    /// Go omits it).
     pub app_name: Option<String>,
 }
 
@@ -62,6 +65,12 @@ fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a 
     })
 }
 
+/// Whether `name` may be sent as `AppName`: at most [`MAX_APP_NAME_LEN`] bytes, each printable
+/// ASCII (`' '..='~'`); the empty string is valid (Go: `ValidAppName`).
+pub fn valid_app_name(name: &str) -> bool {
+    name.len() <= MAX_APP_NAME_LEN && name.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 fn json_err(what: &'static str, msg: &str) -> HandshakeError {
     HandshakeError::Json {
         what,
@@ -91,8 +100,11 @@ impl ClientInfo {
         serde_json::to_vec(&json).unwrap_or_default()
     }
 
-    /// Parses leniently as Go does: names match case-insensitively, unknown fields are ignored,
-    /// but a present `meshKey` must be exactly 64 hex digits (Go ≥ v1.86).
+    /// Parses leniently as Go does: names match case-insensitively and unknown fields are
+    /// ignored (newer clients may add some; the 256 KiB frame cap bounds them and nothing of them
+    /// is kept). The fields that are kept are bounded as Go bounds them: a present `meshKey` must
+    /// be exactly 64 hex digits (Go ≥ v1.86) and `AppName` must pass [`valid_app_name`] (Go
+    /// v1.104 `recvClientKey`).
     pub fn from_json(bytes: &[u8]) -> Result<Self, HandshakeError> {
         const WHAT: &str = "client info";
         let value: Value = serde_json::from_slice(bytes)
@@ -122,6 +134,13 @@ impl ClientInfo {
         };
         let app_name = match field(&obj, "AppName") {
             None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !valid_app_name(s) => {
+                return Err(HandshakeError::InvalidAppName {
+                    start: s.chars().take(40).collect(),
+                    len: s.len(),
+                });
+            }
+            Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(json_err(WHAT, "AppName is not a string")),
         };
@@ -211,11 +230,8 @@ pub fn read_client_info(
         });
     }
     let len = frame.payload.len();
-    if !(MIN_CLIENT_INFO_LEN..=MAX_CLIENT_INFO_LEN).contains(&len) || frame.is_skipped() {
-        return Err(HandshakeError::BadLength {
-            ty: frame.ty,
-            len: frame.len,
-        });
+    if !(MIN_CLIENT_INFO_LEN..=MAX_CLIENT_INFO_LEN).contains(&len) {
+        return Err(HandshakeError::BadLength { ty: frame.ty, len });
     }
     let client_key = NodePublicKey::from_slice(&frame.payload)
         .ok_or(HandshakeError::BadLength { ty: frame.ty, len })?;
@@ -438,6 +454,60 @@ mod tests {
         assert!(ClientInfo::from_json(b"{").is_err());
     }
 
+    /// `AppName` follows Go's `ValidAppName`: up to 32 bytes of printable ASCII, anything else
+    /// refuses the client with a reason; the other fields real clients send still parse.
+    #[test]
+    fn app_name_is_bounded_as_go_bounds_it() {
+        let parse = |name: &str| {
+            let json = serde_json::json!({"version": 2, "CanAckPings": true, "AppName": name});
+            ClientInfo::from_json(json.to_string().as_bytes())
+        };
+        let longest = "~".repeat(MAX_APP_NAME_LEN);
+        for ok in ["tailscaled", " a b ", longest.as_str()] {
+            assert_eq!(parse(ok).unwrap().app_name.as_deref(), Some(ok));
+        }
+        // Empty is valid and means none, as Go omits it.
+        assert_eq!(parse("").unwrap().app_name, None);
+        assert!(valid_app_name(""));
+
+        let huge = "A".repeat(200_000);
+        let too_long = "a".repeat(MAX_APP_NAME_LEN + 1);
+        for bad in [
+            huge.as_str(),
+            too_long.as_str(),
+            "tab\there",
+            "nl\n",
+            "del\u{7f}",
+            "caf\u{e9}",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                matches!(&err, HandshakeError::InvalidAppName { len, .. } if *len == bad.len()),
+                "{bad:?}: {err:?}"
+            );
+        }
+        // The error keeps only the start of a huge name, and says why.
+        let msg = parse(&huge).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "invalid AppName {:?} (200000 bytes): must be at most 32 bytes of printable ASCII",
+                "A".repeat(40)
+            )
+        );
+        assert!(ClientInfo::from_json(br#"{"AppName":7}"#).is_err());
+
+        // What Tailscale clients send, mesh key and unknown future fields included.
+        let json = format!(
+            r#"{{"meshKey":"{}","version":2,"CanAckPings":true,"IsProber":true,"AppName":"derpprobe","FutureField":{{"x":[1,2]}}}}"#,
+            "ab".repeat(32)
+        );
+        let info = ClientInfo::from_json(json.as_bytes()).unwrap();
+        assert_eq!(info.mesh_key, Some(MeshKey::from_bytes([0xab; 32])));
+        assert!(info.can_ack_pings && info.is_prober);
+        assert_eq!(info.app_name.as_deref(), Some("derpprobe"));
+    }
+
     #[test]
     fn wrong_key_or_frame_is_rejected() {
         let server = NodeSecretKey::from_bytes([3; 32]);
@@ -453,7 +523,6 @@ mod tests {
         let ping = RawFrame {
             ty: FrameType::PING,
             payload: bytes::Bytes::from_static(&[0; 8]),
-            len: 8,
         };
         assert!(matches!(
             read_client_info(&server, &ping),
@@ -462,7 +531,6 @@ mod tests {
         let short = RawFrame {
             ty: FrameType::CLIENT_INFO,
             payload: bytes::Bytes::from_static(&[0; 40]),
-            len: 40,
         };
         assert!(matches!(
             read_client_info(&server, &short),

@@ -1,8 +1,11 @@
 //! Property tests: every frame round-trips, `encoded_len` is exact, and no input panics.
 
 use bytes::{Bytes, BytesMut};
+use derp_proto::consts::MAX_UNKNOWN_FRAME_LEN;
 use derp_proto::frame::{PeerGoneReason, PeerPresentFlags};
-use derp_proto::{ClientToServer, FrameDecoder, NodePublicKey, ServerToClient};
+use derp_proto::{
+    ClientToServer, DecodeError, FrameDecoder, FrameType, NodePublicKey, ServerToClient,
+};
 use proptest::prelude::*;
 
 fn key() -> impl Strategy<Value = NodePublicKey> {
@@ -118,6 +121,39 @@ proptest! {
         }
     }
 
+    /// A server cuts out an unknown frame up to `MAX_UNKNOWN_FRAME_LEN` (it is then skipped) and
+    /// refuses a longer one from its header alone, whatever bytes follow.
+    #[test]
+    fn unknown_frames_are_bounded(
+        ty in (0x16u8..=0xff),
+        len in prop_oneof![0usize..=MAX_UNKNOWN_FRAME_LEN, (MAX_UNKNOWN_FRAME_LEN + 1)..=(u32::MAX as usize)],
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        prop_assume!(FrameType(ty).name().is_none());
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[ty]);
+        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        let mut dec = FrameDecoder::server();
+        if len <= MAX_UNKNOWN_FRAME_LEN {
+            prop_assert_eq!(dec.needed(&buf), len);
+            buf.extend_from_slice(&vec![0; len]);
+            buf.extend_from_slice(&tail);
+            let raw = dec.decode(&mut buf).unwrap().unwrap();
+            prop_assert_eq!(
+                ClientToServer::decode(raw.ty, raw.payload).unwrap(),
+                ClientToServer::Unknown { ty: FrameType(ty), len }
+            );
+            prop_assert_eq!(&buf[..], &tail[..]);
+        } else {
+            prop_assert_eq!(dec.needed(&buf), 0);
+            buf.extend_from_slice(&tail);
+            prop_assert_eq!(
+                dec.decode(&mut buf),
+                Err(DecodeError::UnknownTooLarge { ty: FrameType(ty), len, max: MAX_UNKNOWN_FRAME_LEN })
+            );
+        }
+    }
+
     #[test]
     fn perturbed_frames_never_panic(f in client_frame(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
         let mut buf = BytesMut::new();
@@ -190,10 +226,7 @@ fn golden_server_frames() {
     assert_eq!(&buf[..], &[0x06, 0, 0, 0, 0]);
 
     // A legacy 32-byte PeerGone decodes as Disconnected; a short one is rejected.
-    let legacy = ServerToClient::decode(
-        derp_proto::FrameType::PEER_GONE,
-        Bytes::from(vec![0x22; 32]),
-    );
+    let legacy = ServerToClient::decode(FrameType::PEER_GONE, Bytes::from(vec![0x22; 32]));
     assert_eq!(
         legacy.unwrap(),
         ServerToClient::PeerGone {
@@ -201,9 +234,7 @@ fn golden_server_frames() {
             reason: PeerGoneReason::DISCONNECTED
         }
     );
-    assert!(
-        ServerToClient::decode(derp_proto::FrameType::PEER_GONE, Bytes::from(vec![0; 31])).is_err()
-    );
+    assert!(ServerToClient::decode(FrameType::PEER_GONE, Bytes::from(vec![0; 31])).is_err());
 }
 
 #[test]

@@ -147,8 +147,7 @@ impl Frame<'_> {
         let frame = decoder.decode(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty(), "{}: bytes left over", self.name);
         assert_eq!(frame.ty.0, self.bytes[0]);
-        assert_eq!(frame.len, self.bytes.len() - FRAME_HEADER_LEN);
-        assert!(!frame.is_skipped());
+        assert_eq!(frame.payload.len(), self.bytes.len() - FRAME_HEADER_LEN);
         frame
     }
 }
@@ -386,7 +385,7 @@ fn client_info() {
         let frame = f.decode();
         // Client key ‖ nonce ‖ tag ‖ ciphertext.
         assert_eq!(
-            frame.len,
+            frame.payload.len(),
             KEY_LEN + NONCE_LEN + BOX_OVERHEAD + plaintext.len(),
             "{name}"
         );
@@ -424,7 +423,7 @@ fn client_info() {
         // After the handshake a server skips a second ClientInfo rather than failing.
         assert!(matches!(
             ClientToServer::decode(frame.ty, frame.payload.clone()).unwrap(),
-            ClientToServer::Unknown { ty: FrameType::CLIENT_INFO, len } if len == frame.len
+            ClientToServer::Unknown { ty: FrameType::CLIENT_INFO, len } if len == frame.payload.len()
         ));
     }
 }
@@ -439,7 +438,7 @@ fn server_info() {
     let client = v.client(f.client);
     let frame = f.decode();
     assert_eq!(
-        frame.len,
+        frame.payload.len(),
         NONCE_LEN + BOX_OVERHEAD + f.plaintext.unwrap().len()
     );
 

@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::FrameType;
 use crate::consts::{
     FRAME_HEADER_LEN, MAX_CLIENT_INFO_LEN, MAX_CLIENT_RECV_FRAME_LEN, MAX_FRAME_LEN,
+    MAX_UNKNOWN_FRAME_LEN,
 };
 use crate::error::DecodeError;
 
@@ -13,24 +14,16 @@ use crate::error::DecodeError;
 pub struct RawFrame {
     /// Frame type from the header.
     pub ty: FrameType,
-    /// The payload, split from the read buffer without copying. Empty for a skipped frame.
+    /// The payload, split from the read buffer without copying.
     pub payload: Bytes,
-    /// Payload length announced by the header (differs from `payload.len()` only when skipped).
-    pub len: usize,
-}
-
-impl RawFrame {
-    /// Whether the payload was discarded rather than buffered (unknown type over the limit).
-    pub fn is_skipped(&self) -> bool {
-        self.payload.len() != self.len
-    }
 }
 
 /// Which side of the connection decodes; the two have different limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    /// The server reads client frames: ClientInfo up to 256 KiB, others up to [`MAX_FRAME_LEN`],
-    /// unknown types of any length skipped without buffering (Go: `handleUnknownFrame`).
+    /// The server reads client frames: ClientInfo up to 256 KiB, known types up to
+    /// [`MAX_FRAME_LEN`], unknown types up to [`MAX_UNKNOWN_FRAME_LEN`] (Go:
+    /// `handleUnknownFrame`).
     Server,
     /// The client reads server frames: anything over 1 MiB is fatal (Go client).
     Client,
@@ -44,96 +37,67 @@ enum Side {
 #[derive(Debug)]
 pub struct FrameDecoder {
     side: Side,
-    /// Bytes of an oversized unknown frame still to be discarded.
-    skip_remaining: usize,
 }
 
 impl FrameDecoder {
     /// A decoder for frames a server receives from clients.
     pub fn server() -> Self {
-        Self {
-            side: Side::Server,
-            skip_remaining: 0,
-        }
+        Self { side: Side::Server }
     }
 
     /// A decoder for frames a client receives from a server.
     pub fn client() -> Self {
-        Self {
-            side: Side::Client,
-            skip_remaining: 0,
-        }
+        Self { side: Side::Client }
     }
 
-    fn limit(&self, ty: FrameType) -> Option<usize> {
+    /// The largest payload accepted for a frame of type `ty`.
+    fn limit(&self, ty: FrameType) -> usize {
         match self.side {
-            Side::Client => Some(MAX_CLIENT_RECV_FRAME_LEN),
+            Side::Client => MAX_CLIENT_RECV_FRAME_LEN,
             Side::Server => match ty {
-                FrameType::CLIENT_INFO => Some(MAX_CLIENT_INFO_LEN),
-                t if t.name().is_some() => Some(MAX_FRAME_LEN),
-                _ => None,
+                FrameType::CLIENT_INFO => MAX_CLIENT_INFO_LEN,
+                t if t.name().is_some() => MAX_FRAME_LEN,
+                _ => MAX_UNKNOWN_FRAME_LEN,
             },
         }
     }
 
     /// How many more bytes the frame in progress needs, so the caller can reserve that much
-    /// (never more than one frame) in its read buffer. 0 while an oversized unknown frame is
-    /// being discarded or when the header is already known to be invalid: reserve the usual
-    /// read size then.
+    /// (never more than one frame) in its read buffer. 0 when the header is already known to be
+    /// invalid (the next [`decode`](Self::decode) returns the error).
     pub fn needed(&self, buf: &BytesMut) -> usize {
-        if self.skip_remaining > 0 {
-            return 0;
-        }
         if buf.len() < FRAME_HEADER_LEN {
             return FRAME_HEADER_LEN - buf.len();
         }
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        let ty = FrameType(buf[0]);
-        match self.limit(ty) {
-            Some(max) if len > max => 0,
-            None if len > MAX_FRAME_LEN => 0,
-            _ => (FRAME_HEADER_LEN + len).saturating_sub(buf.len()),
+        if len > self.limit(FrameType(buf[0])) {
+            return 0;
         }
+        (FRAME_HEADER_LEN + len).saturating_sub(buf.len())
     }
 
     /// Decodes the next frame from `buf`, consuming its bytes.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawFrame>, DecodeError> {
-        if self.skip_remaining > 0 {
-            let n = self.skip_remaining.min(buf.len());
-            buf.advance(n);
-            self.skip_remaining -= n;
-            if self.skip_remaining > 0 {
-                return Ok(None);
-            }
-        }
         if buf.len() < FRAME_HEADER_LEN {
             return Ok(None);
         }
         let ty = FrameType(buf[0]);
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        match self.limit(ty) {
-            Some(max) if len > max => return Err(DecodeError::TooLarge { ty, len, max }),
-            None if len > MAX_FRAME_LEN => {
-                // An unknown frame too large to buffer: report it now and discard its bytes
-                // as they arrive.
-                buf.advance(FRAME_HEADER_LEN);
-                let n = len.min(buf.len());
-                buf.advance(n);
-                self.skip_remaining = len - n;
-                return Ok(Some(RawFrame {
-                    ty,
-                    payload: Bytes::new(),
-                    len,
-                }));
-            }
-            _ => {}
+        let max = self.limit(ty);
+        if len > max {
+            return Err(if self.side == Side::Server && ty.name().is_none() {
+                // Go closes here too rather than read and discard an arbitrary amount.
+                DecodeError::UnknownTooLarge { ty, len, max }
+            } else {
+                DecodeError::TooLarge { ty, len, max }
+            });
         }
         if buf.len() < FRAME_HEADER_LEN + len {
             return Ok(None);
         }
         buf.advance(FRAME_HEADER_LEN);
         let payload = buf.split_to(len).freeze();
-        Ok(Some(RawFrame { ty, payload, len }))
+        Ok(Some(RawFrame { ty, payload }))
     }
 }
 
@@ -182,22 +146,49 @@ mod tests {
     }
 
     #[test]
-    fn skips_huge_unknown_frames_without_buffering() {
+    fn unknown_frames_up_to_the_bound_are_cut_out_whole() {
         let mut d = FrameDecoder::server();
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&[0x7f]);
-        buf.extend_from_slice(&(10_000_000u32).to_be_bytes());
-        buf.extend_from_slice(&[0xaa; 100]);
+        buf.extend_from_slice(&(MAX_UNKNOWN_FRAME_LEN as u32).to_be_bytes());
+        assert_eq!(d.needed(&buf), MAX_UNKNOWN_FRAME_LEN);
+        buf.extend_from_slice(&vec![0xaa; MAX_UNKNOWN_FRAME_LEN]);
+        // Then a Ping.
+        buf.extend_from_slice(&[0x12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9]);
         let f = d.decode(&mut buf).unwrap().unwrap();
         assert_eq!(f.ty, FrameType(0x7f));
-        assert!(f.is_skipped());
-        assert!(buf.is_empty());
-        // The rest of the skipped payload, then a KeepAlive-shaped frame.
-        let mut rest = BytesMut::from(&vec![0u8; 10_000_000 - 100][..]);
-        rest.extend_from_slice(&[0x12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9]);
-        let f = d.decode(&mut rest).unwrap().unwrap();
+        assert_eq!(f.payload.len(), MAX_UNKNOWN_FRAME_LEN);
+        let f = d.decode(&mut buf).unwrap().unwrap();
         assert_eq!(f.ty, FrameType::PING);
         assert_eq!(f.payload[7], 9);
+        assert!(buf.is_empty());
+    }
+
+    /// Go v1.104 closes on an unknown frame over `MaxPacketSize + KeyLen`; so do we, from the
+    /// header alone, where we used to discard any length (4 GiB for as long as the client liked).
+    #[test]
+    fn unknown_frames_over_the_bound_are_an_error_from_the_header() {
+        assert_eq!(MAX_UNKNOWN_FRAME_LEN, 65_568);
+        for len in [MAX_UNKNOWN_FRAME_LEN + 1, MAX_FRAME_LEN, u32::MAX as usize] {
+            let mut d = FrameDecoder::server();
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&[0x7f]);
+            buf.extend_from_slice(&(len as u32).to_be_bytes());
+            assert_eq!(d.needed(&buf), 0);
+            let err = d.decode(&mut buf).unwrap_err();
+            assert_eq!(
+                err,
+                DecodeError::UnknownTooLarge {
+                    ty: FrameType(0x7f),
+                    len,
+                    max: MAX_UNKNOWN_FRAME_LEN
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("unknown frame type 0x7f too large: {len} bytes (limit 65568)")
+            );
+        }
     }
 
     #[test]

@@ -83,8 +83,9 @@ pub enum ClientToServer {
     Unknown {
         /// Frame type.
         ty: FrameType,
-        /// Payload length decoded (0 for a frame the decoder discarded without buffering;
-        /// [`RawFrame::len`](super::RawFrame::len) has the announced length).
+        /// Payload length (at most
+        /// [`MAX_UNKNOWN_FRAME_LEN`](crate::consts::MAX_UNKNOWN_FRAME_LEN): the server's decoder
+        /// refuses longer unknown frames).
         len: usize,
     },
 }

@@ -13,7 +13,7 @@ pub use client::{
     Client, ClientError, ClientReader, ClientWriter, ConnectOptions, HandshakeOptions, Transport,
 };
 pub use framed::{FramedRead, FramedWrite, ReadFrameError};
-pub use ws::WsStream;
+pub use ws::{MAX_EMPTY_MESSAGES, WsStream};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

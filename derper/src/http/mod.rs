@@ -47,8 +47,114 @@ enum FirstRequest {
     Derp { fast_start: bool, not_ideal: bool },
     /// WebSocket with the `derp` subprotocol.
     WebSocket,
+    /// An upgrade that breaks HTTP/1.1 or RFC 6455: answered with an error and closed.
+    Refused(Refusal),
     /// Anything else: let hyper serve it.
     Other,
+}
+
+/// The error answer to an upgrade request: status, extra header lines and a reason for the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    status: &'static str,
+    /// Extra header lines, each ending in CRLF.
+    headers: &'static str,
+    reason: &'static str,
+}
+
+impl Refusal {
+    const fn bad_request(reason: &'static str) -> Self {
+        Self {
+            status: "400 Bad Request",
+            headers: "",
+            reason,
+        }
+    }
+
+    /// The whole response; the connection closes after it. The body is Go's: the status then
+    /// the reason.
+    fn response(&self) -> Vec<u8> {
+        let body = format!("{}: {}\n", self.status, self.reason);
+        format!(
+            "HTTP/1.1 {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
+            self.status,
+            body.len(),
+            self.headers,
+        )
+        .into_bytes()
+    }
+}
+
+/// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); Go's net/http answers 400 without
+/// calling the handler, so Go's derper never sees such an upgrade.
+fn check_host(req: &httparse::Request<'_, '_>) -> Result<(), Refusal> {
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Host"))
+        .count();
+    match hosts {
+        0 if req.version == Some(1) => Err(Refusal::bad_request("missing required Host header")),
+        0 | 1 => Ok(()),
+        _ => Err(Refusal::bad_request("too many Host headers")),
+    }
+}
+
+/// The opening handshake checks of RFC 6455 §4.2.1 that tungstenite leaves out or answers by
+/// dropping the connection, in the order and with the statuses of the WebSocket library Go's
+/// derper uses (coder/websocket `verifyClientRequest`).
+fn check_websocket(req: &httparse::Request<'_, '_>) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    let values = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or("").trim())
+    };
+    let has_token = |name: &'static str, token: &str| {
+        values(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.version != Some(1) {
+        return Err(Refusal {
+            status: "426 Upgrade Required",
+            headers: "",
+            reason: "a WebSocket handshake must be at least HTTP/1.1",
+        });
+    }
+    if !has_token("Connection", "upgrade") {
+        return Err(Refusal {
+            status: "426 Upgrade Required",
+            headers: "Upgrade: websocket\r\n",
+            reason: "the Connection header does not contain Upgrade",
+        });
+    }
+    if req.method != Some("GET") {
+        return Err(Refusal {
+            status: "405 Method Not Allowed",
+            headers: "Allow: GET\r\n",
+            reason: "a WebSocket handshake must be a GET",
+        });
+    }
+    // RFC 6455 §4.4: a version the server does not speak gets the ones it does.
+    if values("Sec-WebSocket-Version").next() != Some("13") {
+        return Err(Refusal {
+            status: "400 Bad Request",
+            headers: "Sec-WebSocket-Version: 13\r\n",
+            reason: "unsupported WebSocket version (only 13 is supported)",
+        });
+    }
+    let mut keys = values("Sec-WebSocket-Key");
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(Refusal::bad_request(
+            "exactly one Sec-WebSocket-Key header is required",
+        ));
+    };
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(nonce) if nonce.len() == 16 => Ok(()),
+        _ => Err(Refusal::bad_request(
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        )),
+    }
 }
 
 fn classify(req: &httparse::Request<'_, '_>, derp_enabled: bool) -> FirstRequest {
@@ -65,13 +171,21 @@ fn classify(req: &httparse::Request<'_, '_>, derp_enabled: bool) -> FirstRequest
     };
     let upgrade = header("Upgrade").unwrap_or_default().to_ascii_lowercase();
     let protocols = header("Sec-WebSocket-Protocol").unwrap_or_default();
-    match upgrade.as_str() {
+    let kind = match upgrade.as_str() {
         "websocket" if protocols.contains("derp") => FirstRequest::WebSocket,
         "derp" | "websocket" => FirstRequest::Derp {
             fast_start: header("Derp-Fast-Start").as_deref() == Some("1"),
             not_ideal: header("Ideal-Node").is_some_and(|v| !v.is_empty()),
         },
-        _ => FirstRequest::Other,
+        _ => return FirstRequest::Other,
+    };
+    let checked = match kind {
+        FirstRequest::WebSocket => check_host(req).and_then(|()| check_websocket(req)),
+        _ => check_host(req),
+    };
+    match checked {
+        Ok(()) => kind,
+        Err(refusal) => FirstRequest::Refused(refusal),
     }
 }
 
@@ -189,6 +303,14 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 tracing::info!(%remote, error = %e, suppressed, "derp connection failed");
             }
         }
+        FirstRequest::Refused(refusal) => {
+            metrics.handshake_failed(HandshakeFailure::Http);
+            if let Some(suppressed) = BAD_CONNECTIONS.allow() {
+                tracing::info!(%remote, status = refusal.status, reason = refusal.reason, suppressed, "refused upgrade request");
+            }
+            // Boxed: the write's state would otherwise grow every connection's task.
+            Box::pin(answer_and_close(io, refusal.response())).await;
+        }
         FirstRequest::WebSocket => {
             let rewound = Rewind::new(head.freeze(), io);
             #[allow(clippy::result_large_err)] // the error type is tungstenite's callback contract
@@ -239,6 +361,13 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
     }
 }
 
+/// Writes `response` and closes the connection.
+async fn answer_and_close<S: Stream>(mut io: S, response: Vec<u8>) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = io.write_all(&response).await;
+    let _ = io.shutdown().await;
+}
+
 /// Serves a connection on the plain-HTTP port that accompanies TLS.
 pub(crate) async fn serve_port80<S: Stream>(io: S, ctx: Arc<HttpContext>) {
     serve_hyper(Rewind::new(Bytes::new(), io), Listener::Port80, ctx).await;
@@ -261,6 +390,29 @@ async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<Http
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WS_KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    const WS_VERSION: &str = "Sec-WebSocket-Version: 13";
+
+    /// A WebSocket upgrade to /derp with the `derp` subprotocol and `extra` header lines.
+    fn websocket(extra: &[&str]) -> String {
+        let mut r = String::from(
+            "GET /derp HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\n",
+        );
+        for h in extra {
+            r.push_str(h);
+            r.push_str("\r\n");
+        }
+        r.push_str("\r\n");
+        r
+    }
+
+    fn refused(s: &str) -> Refusal {
+        match classify_str(s) {
+            FirstRequest::Refused(r) => r,
+            other => panic!("{s:?} was not refused: {other:?}"),
+        }
+    }
 
     fn classify_str(s: &str) -> FirstRequest {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -292,7 +444,9 @@ mod tests {
     #[test]
     fn recognises_upgrades() {
         assert_eq!(
-            classify_str("GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"),
+            classify_str(
+                "GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"
+            ),
             FirstRequest::Derp {
                 fast_start: false,
                 not_ideal: false
@@ -300,7 +454,7 @@ mod tests {
         );
         assert_eq!(
             classify_str(
-                "GET /derp HTTP/1.1\r\nupgrade: derp\r\nDerp-Fast-Start: 1\r\nIdeal-Node: 1a\r\n\r\n"
+                "GET /derp HTTP/1.1\r\nHost: x\r\nupgrade: derp\r\nDerp-Fast-Start: 1\r\nIdeal-Node: 1a\r\n\r\n"
             ),
             FirstRequest::Derp {
                 fast_start: true,
@@ -308,14 +462,12 @@ mod tests {
             }
         );
         assert_eq!(
-            classify_str(
-                "GET /derp HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\n\r\n"
-            ),
+            classify_str(&websocket(&[WS_KEY, WS_VERSION])),
             FirstRequest::WebSocket
         );
         // A bare websocket upgrade is a legacy client speaking raw DERP framing.
         assert_eq!(
-            classify_str("GET /derp HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"),
+            classify_str("GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\n"),
             FirstRequest::Derp {
                 fast_start: false,
                 not_ideal: false
@@ -328,6 +480,93 @@ mod tests {
         assert_eq!(
             classify_str("GET /derp/probe HTTP/1.1\r\nUpgrade: DERP\r\n\r\n"),
             FirstRequest::Other
+        );
+    }
+
+    /// HTTP/1.1 needs exactly one Host, as Go's net/http enforces before derper's handler runs;
+    /// HTTP/1.0 may leave it out.
+    #[test]
+    fn upgrades_need_a_host() {
+        for upgrade in [
+            "GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n",
+            "GET /derp HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: derp\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ] {
+            assert_eq!(
+                refused(upgrade),
+                Refusal::bad_request("missing required Host header")
+            );
+        }
+        assert_eq!(
+            refused("GET /derp HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: DERP\r\n\r\n"),
+            Refusal::bad_request("too many Host headers")
+        );
+        assert!(matches!(
+            classify_str("GET /derp HTTP/1.0\r\nUpgrade: DERP\r\n\r\n"),
+            FirstRequest::Derp { .. }
+        ));
+        assert_eq!(
+            Refusal::bad_request("missing required Host header").response(),
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 46\r\nConnection: close\r\n\r\n400 Bad Request: missing required Host header\n"
+        );
+    }
+
+    /// RFC 6455 §4.2.1: a key that is not base64 of 16 bytes, a missing or repeated key, and a
+    /// version other than 13 are refused with 400 (the last naming version 13, §4.4).
+    #[test]
+    fn websocket_handshakes_are_checked() {
+        let bad_key =
+            Refusal::bad_request("Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
+        for key in [
+            "Sec-WebSocket-Key: x",
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", // 32 bytes
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ",                       // unpadded
+            "Sec-WebSocket-Key: not!base64&at*all?xxxx==",
+            "Sec-WebSocket-Key:",
+        ] {
+            assert_eq!(refused(&websocket(&[key, WS_VERSION])), bad_key, "{key}");
+        }
+        let one_key = Refusal::bad_request("exactly one Sec-WebSocket-Key header is required");
+        assert_eq!(refused(&websocket(&[WS_VERSION])), one_key);
+        assert_eq!(refused(&websocket(&[WS_KEY, WS_KEY, WS_VERSION])), one_key);
+        for version in [
+            None,
+            Some("Sec-WebSocket-Version: 8"),
+            Some("Sec-WebSocket-Version: 14"),
+        ] {
+            let r = refused(&websocket(
+                &[Some(WS_KEY), version]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>(),
+            ));
+            assert_eq!(r.status, "400 Bad Request");
+            assert_eq!(r.headers, "Sec-WebSocket-Version: 13\r\n");
+            let response = String::from_utf8(r.response()).unwrap();
+            assert!(
+                response.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                    && response.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+                "{response}"
+            );
+        }
+        // Leading and trailing blanks around the key are allowed.
+        assert_eq!(
+            classify_str(&websocket(&[
+                "Sec-WebSocket-Key:   dGhlIHNhbXBsZSBub25jZQ==  ",
+                WS_VERSION
+            ])),
+            FirstRequest::WebSocket
+        );
+        assert_eq!(
+            refused(
+                &websocket(&[WS_KEY, WS_VERSION])
+                    .replace("Connection: Upgrade", "Connection: keep-alive")
+            )
+            .status,
+            "426 Upgrade Required"
+        );
+        assert_eq!(
+            refused(&websocket(&[WS_KEY, WS_VERSION]).replacen("GET", "POST", 1)).status,
+            "405 Method Not Allowed"
         );
     }
 }

@@ -279,3 +279,46 @@ async fn a_watcher_that_falls_behind_still_ends_with_the_latest_state() {
         "{churner_frames} frames for the churned key"
     );
 }
+
+/// An unknown frame type up to `MAX_UNKNOWN_FRAME_LEN` is skipped and counted; one announced
+/// longer closes the connection from its header alone, as in Go v1.104, where the relay used
+/// to discard whatever length the client announced (4 GiB here) for as long as it liked.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_frame_over_the_bound_closes_the_connection() {
+    use derp_proto::consts::MAX_UNKNOWN_FRAME_LEN;
+    use derp_proto::io::ReadFrameError;
+
+    let (metrics, handle) = crate::metrics::recorded();
+    let relay = Relay::new(
+        RelayConfig::new(NodeSecretKey::generate()),
+        Arc::new(metrics),
+    );
+    let mut c = connect(&relay, 256 * 1024).await;
+    c.send(&ClientToServer::Unknown {
+        ty: FrameType(0x7f),
+        len: MAX_UNKNOWN_FRAME_LEN,
+    })
+    .await;
+    c.send(&ClientToServer::Ping(*b"stillup!")).await;
+    let pong = c.reader.read_frame().await.unwrap();
+    assert_eq!(pong.ty, FrameType::PONG);
+    assert_eq!(&pong.payload[..], b"stillup!");
+    let unknown = "derp_unknown_frames_total";
+    assert_eq!(crate::metrics::sample(&handle, unknown), 1.0);
+
+    c.writer
+        .write_all(&[0x7f, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    // Paused time: if the relay waited for the payload, this timeout would fire instead.
+    let end = tokio::time::timeout(Duration::from_secs(1), c.reader.read_frame())
+        .await
+        .expect("closed without waiting for the payload");
+    assert!(matches!(end, Err(ReadFrameError::Closed)), "{end:?}");
+    c.accept.await.unwrap().unwrap();
+    assert_eq!(
+        crate::metrics::sample(&handle, unknown),
+        1.0,
+        "the refused frame is not counted as skipped"
+    );
+}

@@ -178,7 +178,7 @@ impl<S: Stream> ClientReader<S> {
             if frame.ty == FrameType::SERVER_INFO {
                 return Ok(ServerToClient::Unknown {
                     ty: frame.ty,
-                    len: frame.len,
+                    len: frame.payload.len(),
                 });
             }
             if let Ok(msg) = ServerToClient::decode(frame.ty, frame.payload) {
