@@ -13,6 +13,10 @@
 //! Two relays: `plain` (HTTP, embedded STUN, a mesh key, and `--mesh-with` two fake mesh peers
 //! run by this test) and `tls` (manual certificate for the DNS name `localhost`, so SNI is
 //! checked).
+//!
+//! Three lists: [`cases`] (must pass), [`fixes13_cases`] (behaviour being fixed in branch
+//! `fixes13`; they fail before it is merged) and [`known_bug_cases`] (bugs not fixed here; its
+//! test is ignored with the reason). Adding a case is one `case(...)` line.
 
 mod common;
 
@@ -51,6 +55,16 @@ async fn hostile_input_battery() {
         return;
     };
     run_suite(env, cases()).await;
+}
+
+/// Behaviour being fixed in branch `fixes13`: these assert the fixed behaviour and fail
+/// before that branch is merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_in_branch_fixes13() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    run_suite(env, fixes13_cases()).await;
 }
 
 /// Cases that show bugs not fixed on this branch; each is described in the ignore reason.
@@ -372,6 +386,21 @@ fn cases() -> Vec<Case> {
         case("mesh_watcher_that_stops_reading", Plain, Custom(mesh_watcher_stops_reading), Checked("cut at the 2 s mesh write deadline")),
         case("mesh_link_peer_floods_presence", Plain, Custom(link_peer_floods_presence), Checked("20 000 routes appear and go; relay serves")),
         case("mesh_link_peer_stops_reading", Plain, Custom(link_peer_stops_reading), Checked("link queue drops are counted; link cut and redialled")),
+    ]
+}
+
+/// Cases for behaviour being fixed in branch `fixes13` (asserting the fixed behaviour).
+#[rustfmt::skip]
+fn fixes13_cases() -> Vec<Case> {
+    vec![
+        case("unknown_type_longer_than_64k_plus_32_closes", Plain, After(As::Regular, [header(0x42, 65_536 + 33), vec![0; 65_536 + 33]].concat()), Close),
+        case("client_info_with_200k_app_name_refused", Plain, Info(Key::Fresh, format!(r#"{{"version":2,"AppName":"{}"}}"#, "a".repeat(200_000)).into_bytes()), Close),
+        case("ws_bad_sec_websocket_key", Plain, WsHead(ws_head("").replace("dGhlIHNhbXBsZSBub25jZQ==", "not-a-key")), Status(400)),
+        case("ws_missing_sec_websocket_key", Plain, WsHead(ws_head("").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), Status(400)),
+        case("ws_version_not_13", Plain, WsHead(ws_head("").replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 12")), Status(400)),
+        case("ws_text_message_close_code_1003", Plain, WsAfter(true, ws_frame(true, 0, 0x1, b"hello", true)), WsClose(1003)),
+        case("ws_empty_message_flood_close_code_1008", Plain, WsAfter(true, repeat(&ws_binary(&[]), 100_000)), WsClose(1008)),
+        case("upgrade_without_host", Plain, Raw(b"GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n".to_vec()), Status(400)),
     ]
 }
 
