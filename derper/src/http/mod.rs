@@ -381,6 +381,11 @@ async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<Http
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(defaults::HTTP_HEAD_TIMEOUT)
+        // The head cap applies here too: `read_head` hands over whatever it read once it has
+        // MAX_HTTP_HEAD bytes, and hyper's own default (~400 KiB) would accept a longer head
+        // that came in one read, or wait out the head timeout for one that never ends. With
+        // the buffer capped, hyper answers 431 at once.
+        .max_buf_size(defaults::MAX_HTTP_HEAD)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");

@@ -389,11 +389,21 @@ impl Registry {
     /// then updates. The flood goes through the watcher's pending presence set like any
     /// update, after the watcher is registered: a key that changes meanwhile is marked by
     /// both, held once, and sent in the state it has when the writer gets to it.
+    ///
+    /// A connection that is already a watcher is not flooded again: it has every key's state
+    /// sent or pending and hears of every change, so a repeated WatchConns would only cost a
+    /// walk over the whole region (a peer repeating it could make every 5-byte frame cost
+    /// that much).
     pub(crate) fn add_watcher(&self, watcher: &ConnHandle) {
-        self.watchers
+        let already = self
+            .watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(watcher.conn_id, watcher.clone());
+            .insert(watcher.conn_id, watcher.clone())
+            .is_some();
+        if already {
+            return;
+        }
         let present: Vec<NodePublicKey> = self
             .clients
             .iter()
@@ -895,6 +905,9 @@ mod tests {
             .filter(|c| matches!(c, Control::PeerPresent { .. }))
             .count();
         assert_eq!(present, 2);
+        // WatchConns again on the same connection: no second flood.
+        r.add_watcher(&w);
+        assert!(frames(&r, &w).is_empty());
         r.unregister(&a);
         let gone: Vec<_> = frames(&r, &w)
             .into_iter()

@@ -1,6 +1,7 @@
 //! Shared helpers: spawn our relay on loopback, connect our client, find Tailscale's derper.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hostile;
 pub mod mesh;
 
 use std::path::PathBuf;
