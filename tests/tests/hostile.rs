@@ -54,27 +54,10 @@ async fn hostile_input_battery() {
     let Some(env) = Env::start().await else {
         return;
     };
-    run_suite(env, cases()).await;
-}
-
-/// Behaviour being fixed in branch `fixes13`: these assert the fixed behaviour and fail
-/// before that branch is merged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fixed_in_branch_fixes13() {
-    let Some(env) = Env::start().await else {
-        return;
-    };
-    run_suite(env, fixes13_cases()).await;
-}
-
-/// Cases that show bugs not fixed on this branch; each is described in the ignore reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a client's WebSocket Close frame is not answered with a Close frame (RFC 6455 5.5.1): derp-proto's WsStream reads it as EOF and the relay drops the stream without flushing tungstenite's queued reply"]
-async fn known_bugs() {
-    let Some(env) = Env::start().await else {
-        return;
-    };
-    run_suite(env, known_bug_cases()).await;
+    let mut all = cases();
+    all.extend(strict_handshake_cases());
+    all.extend(websocket_close_cases());
+    run_suite(env, all).await;
 }
 
 /// Which relay a case talks to.
@@ -389,9 +372,10 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Cases for behaviour being fixed in branch `fixes13` (asserting the fixed behaviour).
+/// Strict parsers (issue 13): unknown-frame bound, AppName bound, RFC 6455 handshake and close
+/// codes, Host required.
 #[rustfmt::skip]
-fn fixes13_cases() -> Vec<Case> {
+fn strict_handshake_cases() -> Vec<Case> {
     vec![
         case("unknown_type_longer_than_64k_plus_32_closes", Plain, After(As::Regular, [header(0x42, 65_536 + 33), vec![0; 65_536 + 33]].concat()), Close),
         case("client_info_with_200k_app_name_refused", Plain, Info(Key::Fresh, format!(r#"{{"version":2,"AppName":"{}"}}"#, "a".repeat(200_000)).into_bytes()), Close),
@@ -404,9 +388,9 @@ fn fixes13_cases() -> Vec<Case> {
     ]
 }
 
-/// Cases that fail today because of a bug not fixed here (see [`known_bugs`]).
+/// A client's Close is answered with a Close (RFC 6455 §5.5.1).
 #[rustfmt::skip]
-fn known_bug_cases() -> Vec<Case> {
+fn websocket_close_cases() -> Vec<Case> {
     vec![
         case("ws_client_close_is_answered_with_close", Plain, WsAfter(true, ws_frame(true, 0, 0x8, &1000u16.to_be_bytes(), true)), WsClose(1000)),
     ]

@@ -37,6 +37,9 @@ pub struct WsStream<S> {
     empty_in_a_row: u32,
     /// Set once the peer broke the rules: the close frame to send, then the read error.
     refusal: Option<Refusal>,
+    /// The peer sent Close: tungstenite queued the reply (RFC 6455 §5.5.1), which must be
+    /// flushed before the read reports end of stream.
+    peer_closed: bool,
 }
 
 /// Why the reader closes the WebSocket, and how far it got telling the peer.
@@ -56,6 +59,7 @@ impl<S> WsStream<S> {
             pending: Bytes::new(),
             empty_in_a_row: 0,
             refusal: None,
+            peer_closed: false,
         }
     }
 }
@@ -127,6 +131,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             if let Some(refusal) = self.refusal {
                 return self.poll_refuse(refusal, cx);
             }
+            if self.peer_closed {
+                // Answer the peer's Close (best effort), then end of stream.
+                let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+                return Poll::Ready(Ok(()));
+            }
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
                 buf.put_slice(&self.pending[..n]);
@@ -134,7 +143,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(Message::Close(_))) => self.peer_closed = true,
                 Some(Ok(Message::Binary(data))) if data.is_empty() => {
                     self.empty_in_a_row += 1;
                     if self.empty_in_a_row > MAX_EMPTY_MESSAGES {
@@ -227,6 +237,18 @@ mod tests {
         let mut got = [0; 5];
         ws.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"abcde");
+    }
+
+    #[tokio::test]
+    async fn a_peers_close_is_answered_then_reads_as_eof() {
+        let (mut ws, mut peer) = server().await;
+        peer.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(ws.read(&mut [0; 16]).await.unwrap(), 0, "end of stream");
+        // RFC 6455 §5.5.1: the endpoint answers with a Close (echoing the code).
+        let want = close_frame(1000, "");
+        assert_eq!(read_exactly(&mut peer, want.len()).await, want);
     }
 
     #[tokio::test]
