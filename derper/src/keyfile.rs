@@ -48,12 +48,33 @@ struct KeyFileJson {
 /// file does not exist.
 pub fn load_or_create(path: &Path) -> Result<NodeSecretKey, KeyFileError> {
     match std::fs::read(path) {
-        Ok(bytes) => parse(path, &bytes),
+        Ok(bytes) => {
+            warn_if_readable_by_others(path, "server key");
+            parse(path, &bytes)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
         Err(source) => Err(KeyFileError::Read {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// Why a secret file is exposed, if it is: readable or writable by the group or by others.
+/// `None` when only the owner has access (or the mode cannot be read).
+pub fn exposure(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0)
+        .then(|| format!("mode {mode:04o} lets users other than its owner read it; chmod 600 it"))
+}
+
+/// Logs (once, at start-up) a secret file that users other than its owner can read. The
+/// relay still starts: refusing would break existing deployments, as Go's derper does not
+/// check either.
+pub fn warn_if_readable_by_others(path: &Path, what: &str) {
+    if let Some(why) = exposure(path) {
+        tracing::warn!(path = %path.display(), "{what} file is exposed: {why}");
     }
 }
 
@@ -148,5 +169,29 @@ mod tests {
         .unwrap();
         let k = load_or_create(&path).unwrap();
         assert_eq!(k.to_text(), format!("privkey:{hex}"));
+    }
+
+    #[test]
+    fn group_or_world_access_is_reported() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("derper.key");
+        load_or_create(&path).unwrap();
+        assert_eq!(exposure(&path), None, "created files are 0600");
+        for (mode, exposed) in [
+            (0o600, false),
+            (0o400, false),
+            (0o640, true),
+            (0o644, true),
+            (0o602, true),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = exposure(&path);
+            assert_eq!(got.is_some(), exposed, "{mode:o}: {got:?}");
+            if let Some(why) = got {
+                assert!(why.contains(&format!("{mode:04o}")), "{why}");
+            }
+        }
+        assert_eq!(exposure(&dir.path().join("missing")), None);
     }
 }

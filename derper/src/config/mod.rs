@@ -237,6 +237,7 @@ fn read_mesh_key(path: &std::path::Path) -> Result<MeshKey, ConfigError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    crate::keyfile::warn_if_readable_by_others(path, "mesh key");
     text.parse().map_err(|_| ConfigError::MeshKey {
         path: path.to_path_buf(),
         reason: "must contain exactly 64 hex digits".into(),
