@@ -4,25 +4,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use derp_proto::MeshKey;
 use derper::config::MeshSettings;
 use derper::{Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// The value of the first series of `name` whose labels include every `labels` pair.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -35,14 +20,6 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn node(port: u16, peers: &[String], key: &str) -> ServerConfig {
@@ -66,7 +43,7 @@ async fn mesh_series_move() {
         .unwrap();
 
     let key = "3c".repeat(32);
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let names: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let urls: Vec<String> = names.iter().map(|n| format!("http://{n}/derp")).collect();
     let n0 = Server::spawn(node(ports[0], &urls, &key)).await.unwrap();
@@ -76,7 +53,7 @@ async fn mesh_series_move() {
     // Wait until node 0 routes to b, then send exactly 10 packets.
     assert!(
         common::eventually(|| async {
-            let t = scrape(metrics_addr).await;
+            let t = common::hostile::scrape(metrics_addr).await;
             value(&t, "derp_mesh_link_keys", &[("peer", &names[1])]) >= 2.0
         })
         .await,
@@ -88,12 +65,12 @@ async fn mesh_series_move() {
     }
 
     // A relay with the wrong key links to node 0 and is refused.
-    let _impostor = Server::spawn(node(free_port(), &urls[..1], &"99".repeat(32)))
+    let _impostor = Server::spawn(node(common::free_port(), &urls[..1], &"99".repeat(32)))
         .await
         .unwrap();
     assert!(
         common::eventually(|| async {
-            let t = scrape(metrics_addr).await;
+            let t = common::hostile::scrape(metrics_addr).await;
             value(
                 &t,
                 "derp_handshake_failures_total",
@@ -103,7 +80,7 @@ async fn mesh_series_move() {
         .await
     );
 
-    let t = scrape(metrics_addr).await;
+    let t = common::hostile::scrape(metrics_addr).await;
     let out = [("peer", names[1].as_str()), ("direction", "out")];
     let inbound = [("peer", names[0].as_str()), ("direction", "in")];
     assert_eq!(

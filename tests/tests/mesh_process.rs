@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use derp_proto::ServerToClient;
 use derp_proto::io::Client;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Node {
     child: Child,
 }
@@ -81,7 +73,11 @@ async fn kill_9_and_restart_a_node() {
     };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.psk"), "5a".repeat(32)).unwrap();
-    let ports = [free_port(), free_port(), free_port()];
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
     let peers = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/derp"))

@@ -23,14 +23,6 @@ fn mesh_key() -> MeshKey {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A relay of the region on `port`, linking to every `peers` URL (its own among them, as an
 /// operator's shared list would have it).
 fn node_config(port: u16, peers: &[String], key: &MeshKey) -> ServerConfig {
@@ -50,7 +42,7 @@ struct Region {
 }
 
 async fn region(n: usize) -> Region {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/derp"))
@@ -187,7 +179,7 @@ async fn a_client_moving_between_nodes_is_never_gone_until_it_leaves() {
 
 #[tokio::test]
 async fn a_restarted_node_carries_cross_node_traffic_again() {
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/derp"))
@@ -228,7 +220,7 @@ async fn a_wrong_mesh_key_is_refused_and_others_keep_talking() {
 
     // An impostor with another key links to node 0 and is refused at the handshake.
     let wrong: MeshKey = "ff".repeat(32).parse().unwrap();
-    let impostor = Server::spawn(node_config(free_port(), &r.urls[..1], &wrong))
+    let impostor = Server::spawn(node_config(common::free_port(), &r.urls[..1], &wrong))
         .await
         .unwrap();
     let mut x = common::connect(&impostor.derp_url()).await;
@@ -259,7 +251,7 @@ fn tls_node_config(port: u16, dir: &std::path::Path, key: &MeshKey) -> (ServerCo
 #[tokio::test]
 async fn tls_links_verify_pinned_certificates() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let mut configs = Vec::new();
     let mut peers = Vec::new();
     for (port, dir) in ports.iter().zip(&dirs) {
@@ -283,7 +275,7 @@ async fn tls_links_verify_pinned_certificates() {
         ports[1],
         "00".repeat(32)
     );
-    let mut config = node_config(free_port(), &[wrong_pin], &mesh_key());
+    let mut config = node_config(common::free_port(), &[wrong_pin], &mesh_key());
     config.mesh.allow_plain = false;
     let impostor = Server::spawn(config).await.unwrap();
     let mut x = common::connect(&impostor.derp_url()).await;
@@ -295,7 +287,7 @@ async fn tls_links_verify_pinned_certificates() {
 #[tokio::test]
 async fn plain_peers_need_the_explicit_opt_in() {
     let mut config = node_config(
-        free_port(),
+        common::free_port(),
         &["http://127.0.0.1:1/derp".into()],
         &mesh_key(),
     );
@@ -394,7 +386,7 @@ async fn pump(
 #[tokio::test]
 async fn a_cut_or_silent_link_reconnects_and_routes_converge() {
     // Node 0 reaches node 1 through the proxy; node 1 reaches node 0 directly.
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], ports[1]))).await;
     let key = mesh_key();
     let mut c0 = node_config(

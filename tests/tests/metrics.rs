@@ -2,23 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -53,11 +36,14 @@ async fn counters_move() {
         .unwrap();
     assert!(
         common::eventually(|| async {
-            value(&scrape(metrics_addr).await, "derp_current_home_connections") == 1.0
+            value(
+                &common::hostile::scrape(metrics_addr).await,
+                "derp_current_home_connections",
+            ) == 1.0
         })
         .await
     );
-    let text = scrape(metrics_addr).await;
+    let text = common::hostile::scrape(metrics_addr).await;
     assert_eq!(value(&text, "derp_accepts_total"), 2.0, "{text}");
     assert_eq!(value(&text, "derp_current_connections"), 2.0, "{text}");
     assert_eq!(value(&text, "derp_packets_sent_total"), 10.0, "{text}");
@@ -80,11 +66,14 @@ async fn counters_move() {
     drop(a);
     assert!(
         common::eventually(|| async {
-            value(&scrape(metrics_addr).await, "derp_current_connections") == 1.0
+            value(
+                &common::hostile::scrape(metrics_addr).await,
+                "derp_current_connections",
+            ) == 1.0
         })
         .await
     );
-    let text = scrape(metrics_addr).await;
+    let text = common::hostile::scrape(metrics_addr).await;
     assert_eq!(value(&text, "derp_current_connections"), 1.0, "{text}");
     assert_eq!(value(&text, "derp_current_home_connections"), 0.0, "{text}");
 }
