@@ -514,3 +514,20 @@ async fn clients_hear_when_the_region_is_unreachable_and_when_it_is_back() {
         "cleared once the peer is reachable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The test's key file is mode 0644, so the relay warns about it at start: a line to check.
+    let Some(relay) = start(dir.path(), "json", &["--log-format=json"]).await else {
+        return;
+    };
+    let log = relay.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+}
