@@ -203,3 +203,8 @@ pub const BOOTSTRAP_DNS_REFRESH: Duration = Duration::from_secs(600);
 
 /// How often the Prometheus recorder's upkeep runs (the exporter's own listener uses 5 s).
 pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// How long `/derpmap` keeps a peer after it was last seen healthy: longer than a relay pod's
+/// restart, so one restart does not move every client's home node, and short enough that a
+/// relay that is gone stops being offered within a minute.
+pub const DERP_MAP_KEEP: Duration = Duration::from_secs(60);

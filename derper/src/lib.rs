@@ -20,6 +20,7 @@ pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod defaults;
+pub mod derpmap;
 pub mod http;
 pub mod keyfile;
 pub mod limits;
@@ -160,19 +161,6 @@ impl Server {
         let tasks = TaskTracker::new();
         // If start-up fails after a task was spawned (mesh links, STUN), stop it again.
         let stop_on_error = cancel.clone().drop_guard();
-        let bootstrap_dns = (!config.bootstrap_dns_names.is_empty()).then(|| {
-            Arc::new(http::bootstrap_dns::BootstrapDns::new(
-                config.bootstrap_dns_names.clone(),
-            ))
-        });
-        let ctx = Arc::new(HttpContext {
-            relay: relay.clone(),
-            home: config.home.clone(),
-            derp_enabled: config.derp_enabled,
-            upgrade_response: relay.upgrade_response(),
-            bootstrap_dns: bootstrap_dns.clone(),
-        });
-
         let main = bind_with_fallback(config.addr)?;
         let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
             addr: config.addr,
@@ -196,6 +184,28 @@ impl Server {
         } else {
             None
         };
+        let bootstrap_dns = (!config.bootstrap_dns_names.is_empty()).then(|| {
+            Arc::new(http::bootstrap_dns::BootstrapDns::new(
+                config.bootstrap_dns_names.clone(),
+            ))
+        });
+        let ctx = Arc::new(HttpContext {
+            relay: relay.clone(),
+            home: config.home.clone(),
+            derp_enabled: config.derp_enabled,
+            upgrade_response: relay.upgrade_response(),
+            bootstrap_dns: bootstrap_dns.clone(),
+            derp_map: config.derp_map.clone().map(|node| {
+                let pin = tls.as_ref().and_then(|t| t.cert_pin.clone());
+                Arc::new(derpmap::DerpMapSource::new(
+                    node,
+                    pin,
+                    relay.clone(),
+                    mesh.clone(),
+                ))
+            }),
+        });
+
         let mut http_addr = None;
         let mut loops = vec![AcceptLoop {
             listener: main,

@@ -154,6 +154,24 @@ pub struct Cli {
     /// Comma list of host names whose addresses /bootstrap-dns serves.
     #[arg(long)]
     pub bootstrap_dns_names: Option<String>,
+    /// Region ID for the live DERP map at /derpmap (served only when set).
+    #[arg(long)]
+    pub derp_map_region_id: Option<u32>,
+    /// Region code for /derpmap, e.g. `fra`.
+    #[arg(long)]
+    pub derp_map_region_code: Option<String>,
+    /// Region name for /derpmap, e.g. `Frankfurt`.
+    #[arg(long)]
+    pub derp_map_region_name: Option<String>,
+    /// This node's name in /derpmap (default: --hostname).
+    #[arg(long)]
+    pub derp_map_node_name: Option<String>,
+    /// This node's public IPv4 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv4: Option<String>,
+    /// This node's public IPv6 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv6: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = defaults::LOG_FORMAT)]
     pub log_format: String,
@@ -389,6 +407,20 @@ impl CommandLine {
         }
         if self.given("log_format") {
             s.server.log_format = c.log_format.clone();
+        }
+        if let Some(id) = c.derp_map_region_id {
+            s.derp_map.region_id = Some(id);
+        }
+        for (flag, key) in [
+            (&c.derp_map_region_code, &mut s.derp_map.region_code),
+            (&c.derp_map_region_name, &mut s.derp_map.region_name),
+            (&c.derp_map_node_name, &mut s.derp_map.node_name),
+            (&c.derp_map_ipv4, &mut s.derp_map.ipv4),
+            (&c.derp_map_ipv6, &mut s.derp_map.ipv6),
+        ] {
+            if let Some(v) = flag {
+                *key = v.clone();
+            }
         }
         if let Some(url) = &c.verify_client_url {
             s.admission.verify_client_url = Some(url.clone());

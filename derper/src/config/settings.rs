@@ -32,6 +32,8 @@ pub struct Settings {
     pub admission: AdmissionSettings,
     /// `[limits]`: accept and per-client rate limits.
     pub limits: LimitsSettings,
+    /// `[derp_map]`: this relay's region and node, for the live map at `/derpmap`.
+    pub derp_map: DerpMapSettings,
 }
 
 /// `[server]`: identity and what the HTTP side serves.
@@ -524,6 +526,68 @@ impl LimitsSettings {
     }
 }
 
+/// `[derp_map]`: how this relay describes its region and itself at `/derpmap` (served only
+/// when `region_id` is set). Peers are described from the mesh membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DerpMapSettings {
+    /// `--derp-map-region-id`: the region's ID (Tailscale's own use 1–899; 900+ is customary
+    /// for self-hosted ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_id: Option<u32>,
+    /// `--derp-map-region-code`: short code, e.g. `fra`.
+    pub region_code: String,
+    /// `--derp-map-region-name`: human name, e.g. `Frankfurt`.
+    pub region_name: String,
+    /// `--derp-map-node-name`: this node's name; default: `tls.hostname`.
+    pub node_name: String,
+    /// `--derp-map-ipv4`: the public IPv4 address clients dial.
+    pub ipv4: String,
+    /// `--derp-map-ipv6`: the public IPv6 address clients dial.
+    pub ipv6: String,
+}
+
+impl DerpMapSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = self.region_id.is_some();
+        if !set
+            && (!self.region_code.is_empty()
+                || !self.region_name.is_empty()
+                || !self.node_name.is_empty()
+                || !self.ipv4.is_empty()
+                || !self.ipv6.is_empty())
+        {
+            return Err(invalid(
+                "derp_map.region_id",
+                "must be set for the other derp_map keys to mean anything",
+            ));
+        }
+        if self.region_id == Some(0) {
+            return Err(invalid("derp_map.region_id", "must be at least 1"));
+        }
+        if !self.ipv4.is_empty() && self.ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv4",
+                format!("{:?} is not an IPv4 address", self.ipv4),
+            ));
+        }
+        if !self.ipv6.is_empty() && self.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv6",
+                format!("{:?} is not an IPv6 address", self.ipv6),
+            ));
+        }
+        if set && self.region_code.is_empty() {
+            return Err(invalid(
+                "derp_map.region_code",
+                "is required with derp_map.region_id",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Refuses contradictions and keys of features that are not built yet, naming the key.
     /// Reads no files: the mesh key is loaded by [`Settings::into_server_config`].
@@ -554,7 +618,8 @@ impl Settings {
         self.relay.validate()?;
         self.mesh.validate()?;
         self.admission.validate()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        self.derp_map.validate()
     }
 
     /// The settings as a config file (TOML, the schema this module accepts).

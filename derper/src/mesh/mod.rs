@@ -233,6 +233,24 @@ impl Mesh {
         self.lock().links.keys().cloned().collect()
     }
 
+    /// The region's other relays as this one sees them: each target that is not this relay,
+    /// and whether it is reachable (false after repeated failed connects).
+    pub fn peers(&self) -> Vec<(PeerTarget, bool)> {
+        let links = self.lock();
+        let unreachable = links
+            .ctx
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names();
+        links
+            .links
+            .iter()
+            .filter(|(_, r)| !r.is_self.load(Ordering::Relaxed))
+            .map(|(t, _)| (t.clone(), !unreachable.contains(&t.name)))
+            .collect()
+    }
+
     /// Targets found to be this relay (their links stopped after the first connect).
     pub fn self_targets(&self) -> Vec<PeerTarget> {
         self.lock()
