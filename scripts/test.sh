@@ -80,6 +80,11 @@ else
     skip "install Debian packages" "not root or no apt-get: the real-NAT loadtest test will skip"
 fi
 
+supply_chain() {
+    scripts/install-cargo-deny.sh && "$REPO/.tools/bin/cargo-deny" --locked check licenses bans sources
+}
+step "cargo deny: licenses, bans (duplicates), sources" supply_chain
+
 step "cargo build (derper, stunner, loadtest)" cargo build --locked -p derper -p stunner -p loadtest
 step "cargo test" cargo test --workspace --locked --no-fail-fast
 
