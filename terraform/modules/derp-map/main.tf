@@ -33,15 +33,8 @@ locals {
   # Headscale reads derp.paths files with gopkg.in/yaml.v3 into tailcfg.DERPMap, so keys are
   # the Go field names in lower case and region keys must be plain integers. yamlencode would
   # quote "900", so the YAML is written out; strings are JSON-quoted (valid YAML scalars).
-  yaml_node_fields = {
-    Name = "name", RegionID = "regionid", HostName = "hostname", CertName = "certname",
-    IPv4 = "ipv4", IPv6 = "ipv6", STUNPort = "stunport", STUNOnly = "stunonly",
-    DERPPort = "derpport", CanPort80 = "canport80",
-  }
-  yaml_region_fields = {
-    RegionID = "regionid", RegionCode = "regioncode", RegionName = "regionname",
-    Latitude = "latitude", Longitude = "longitude", Avoid = "avoid", NoMeasureNoHome = "nomeasurenohome",
-  }
+  yaml_node_fields   = { for f in local.yaml_node_order : f => lower(f) }
+  yaml_region_fields = { for f in local.yaml_region_order : f => lower(f) }
   # Fields in a fixed order, so the file is stable and diffable.
   yaml_node_order   = ["Name", "RegionID", "HostName", "CertName", "IPv4", "IPv6", "STUNPort", "STUNOnly", "DERPPort", "CanPort80"]
   yaml_region_order = ["RegionID", "RegionCode", "RegionName", "Latitude", "Longitude", "Avoid", "NoMeasureNoHome"]

@@ -7,14 +7,17 @@
 // type for fails too, so a typo in apiVersion or kind cannot pass unchecked.
 //
 //	helm template ... | kubevalidate -          # or: kubevalidate FILE...
+//	kubevalidate -print-key derpmap.json FILE   # validate, then print that ConfigMap key
 //
-// Prints one line per document and exits 1 if any failed.
+// Prints one line per document and exits 1 if any failed. With -print-key the report goes to
+// stderr and stdout holds only the value of that key of the ConfigMaps that have it.
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -85,31 +88,42 @@ func isEmpty(doc []byte) bool {
 	return true
 }
 
-// check decodes one document strictly and returns a short description of it.
-func check(decoder runtime.Decoder, doc document) (string, error) {
+// check decodes one document strictly and returns a short description of it, and the value of
+// data[printKey] if it is a ConfigMap with that key.
+func check(decoder runtime.Decoder, doc document, printKey string) (string, string, error) {
 	// YAMLToJSONStrict refuses duplicate keys, which a plain YAML decode would let the last win.
 	js, err := yaml.YAMLToJSONStrict(doc.yaml)
 	if err != nil {
-		return "", fmt.Errorf("not valid YAML: %w", err)
+		return "", "", fmt.Errorf("not valid YAML: %w", err)
 	}
 	obj, gvk, err := decoder.Decode(js, nil, nil)
 	if err != nil {
-		return "", err
+		return "", "", err
+	}
+	var value string
+	if cm, ok := obj.(*corev1.ConfigMap); ok && printKey != "" {
+		value = cm.Data[printKey]
 	}
 	meta, ok := obj.(interface {
 		GetName() string
 		GetNamespace() string
 	})
 	if !ok || meta.GetName() == "" {
-		return "", fmt.Errorf("%s has no metadata.name", gvk.Kind)
+		return "", "", fmt.Errorf("%s has no metadata.name", gvk.Kind)
 	}
-	return fmt.Sprintf("%s %s %s", gvk.GroupVersion(), gvk.Kind, meta.GetName()), nil
+	return fmt.Sprintf("%s %s %s", gvk.GroupVersion(), gvk.Kind, meta.GetName()), value, nil
 }
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kubevalidate FILE... (- for stdin)")
+	printKey := flag.String("print-key", "", "print data[KEY] of every ConfigMap that has it")
+	flag.Parse()
+	if flag.NArg() < 1 {
+		fmt.Fprintln(os.Stderr, "usage: kubevalidate [-print-key KEY] FILE... (- for stdin)")
 		os.Exit(2)
+	}
+	report := os.Stdout
+	if *printKey != "" {
+		report = os.Stderr
 	}
 	scheme, err := newScheme()
 	if err != nil {
@@ -119,7 +133,7 @@ func main() {
 	decoder := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
 
 	var docs []document
-	for _, name := range os.Args[1:] {
+	for _, name := range flag.Args() {
 		var r io.Reader = os.Stdin
 		if name != "-" {
 			f, err := os.Open(name)
@@ -143,15 +157,18 @@ func main() {
 	}
 	failed := 0
 	for _, doc := range docs {
-		what, err := check(decoder, doc)
+		what, value, err := check(decoder, doc, *printKey)
 		if err != nil {
 			failed++
-			fmt.Printf("FAIL %s#%d: %v\n", doc.source, doc.index, err)
+			fmt.Fprintf(report, "FAIL %s#%d: %v\n", doc.source, doc.index, err)
 			continue
 		}
-		fmt.Printf("ok   %s\n", what)
+		fmt.Fprintf(report, "ok   %s\n", what)
+		if value != "" {
+			fmt.Print(value)
+		}
 	}
-	fmt.Printf("%d documents, %d failed\n", len(docs), failed)
+	fmt.Fprintf(report, "%d documents, %d failed\n", len(docs), failed)
 	if failed > 0 {
 		os.Exit(1)
 	}
