@@ -100,6 +100,11 @@ func check(decoder runtime.Decoder, doc document, printKey string) (string, stri
 	if err != nil {
 		return "", "", err
 	}
+	if rule, ok := obj.(*monitoringv1.PrometheusRule); ok {
+		if err := checkRules(rule); err != nil {
+			return "", "", err
+		}
+	}
 	var value string
 	if cm, ok := obj.(*corev1.ConfigMap); ok && printKey != "" {
 		value = cm.Data[printKey]
