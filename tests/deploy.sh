@@ -6,8 +6,10 @@
 #   helm/derper       helm lint --strict and helm template for every value set in
 #                     helm/derper/ci/ (and the defaults); each rendered manifest decoded strictly
 #                     (unknown or duplicate fields, wrong types, unknown kinds fail) against the
-#                     Kubernetes API types of the pinned release and the CRDs' Go types
-#                     (tests/deploy/kubevalidate); typed assertions on the objects and every
+#                     Kubernetes API types of the pinned release and the CRDs' Go types, and
+#                     validated against that release's OpenAPI v3 schemas, closed (required
+#                     fields, types, unknown fields); PrometheusRule PromQL parsed by Prometheus's
+#                     parser (tests/deploy/kubevalidate); typed assertions on the objects and every
 #                     rendered relay config loaded by the real derper (kubevalidate's go test);
 #                     bad values refused; the packaged chart carries the monitoring files
 #   monitoring        every derp_* metric in the alert rules and dashboard is one the relay declares
@@ -23,6 +25,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 BIN="$REPO/.tools/bin"
 KUBE_VERSION="v1.37.2"   # = k8s.io/api in tests/deploy/kubevalidate/go.mod
+OPENAPI="$REPO/.tools/k8s-openapi/$KUBE_VERSION"   # scripts/install-deploy-tools.sh
 CHART="$REPO/helm/derper"
 DERPER_BIN="${DERPER_BIN:-$REPO/target/debug/derper}"
 export TF_CLI_CONFIG_FILE=/dev/null TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1
@@ -89,10 +92,30 @@ for set in "${value_sets[@]}"; do
         # shellcheck disable=SC2046
         helm template derp "$CHART" --namespace derp --kube-version "$KUBE_VERSION" $(values_args "$1") \
             >"$WORK/render-$1.yaml" || return 1
-        "$BIN/kubevalidate" "$WORK/render-$1.yaml"
+        "$BIN/kubevalidate" -openapi "$OPENAPI" "$WORK/render-$1.yaml"
     }
-    check "helm template + strict Kubernetes $KUBE_VERSION validation ($set)" render_and_validate "$set"
+    check "helm template + strict Kubernetes $KUBE_VERSION types + OpenAPI validation ($set)" render_and_validate "$set"
 done
+
+# The validator itself must fail what the API server would refuse (so a PASS above means something).
+validator_rejects() {
+    local bad out
+    for bad in \
+        'apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {externalTraficPolicy: Local}' \
+        'apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: a}\nspec: {replicas: "3", selector: {}, template: {}}' \
+        'apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{image: x}]}' \
+        'apiVersion: v1\nkind: Servic\nmetadata: {name: a}' \
+        'apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: a}\nspec: {endpoint: []}' \
+        'apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: a}\nspec: {groups: [{name: g, rules: [{alert: A, expr: "up =="}]}]}' \
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, name: b}'; do
+        if out="$(printf "$bad\n" | "$BIN/kubevalidate" -openapi "$OPENAPI" -)"; then
+            printf 'accepted:\n%b\n%s\n' "$bad" "$out"
+            return 1
+        fi
+        echo "$out" | grep FAIL
+    done
+}
+check "kubevalidate refuses unknown/duplicate fields, wrong types, missing required fields, unknown kinds, bad PromQL" validator_rejects
 
 # Values the chart must refuse, with the reason in the message.
 refuses() {

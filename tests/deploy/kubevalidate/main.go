@@ -8,6 +8,7 @@
 //
 //	helm template ... | kubevalidate -          # or: kubevalidate FILE...
 //	kubevalidate -print-key derpmap.json FILE   # validate, then print that ConfigMap key
+//	kubevalidate -openapi DIR FILE              # and against the release's OpenAPI v3 spec
 //
 // Prints one line per document and exits 1 if any failed. With -print-key the report goes to
 // stderr and stdout holds only the value of that key of the ConfigMaps that have it.
@@ -88,9 +89,10 @@ func isEmpty(doc []byte) bool {
 	return true
 }
 
-// check decodes one document strictly and returns a short description of it, and the value of
-// data[printKey] if it is a ConfigMap with that key.
-func check(decoder runtime.Decoder, doc document, printKey string) (string, string, error) {
+// check decodes one document strictly (and validates it against the OpenAPI schemas when api
+// is set) and returns a short description of it, and the value of data[printKey] if it is a
+// ConfigMap with that key.
+func check(decoder runtime.Decoder, api *openAPI, doc document, printKey string) (string, string, error) {
 	// YAMLToJSONStrict refuses duplicate keys, which a plain YAML decode would let the last win.
 	js, err := yaml.YAMLToJSONStrict(doc.yaml)
 	if err != nil {
@@ -99,6 +101,16 @@ func check(decoder runtime.Decoder, doc document, printKey string) (string, stri
 	obj, gvk, err := decoder.Decode(js, nil, nil)
 	if err != nil {
 		return "", "", err
+	}
+	schemaNote := ""
+	if api != nil {
+		covered, err := api.validate(*gvk, js)
+		if err != nil {
+			return "", "", err
+		}
+		if covered {
+			schemaNote = " (+openapi)"
+		}
 	}
 	if rule, ok := obj.(*monitoringv1.PrometheusRule); ok {
 		if err := checkRules(rule); err != nil {
@@ -116,11 +128,12 @@ func check(decoder runtime.Decoder, doc document, printKey string) (string, stri
 	if !ok || meta.GetName() == "" {
 		return "", "", fmt.Errorf("%s has no metadata.name", gvk.Kind)
 	}
-	return fmt.Sprintf("%s %s %s", gvk.GroupVersion(), gvk.Kind, meta.GetName()), value, nil
+	return fmt.Sprintf("%s %s %s%s", gvk.GroupVersion(), gvk.Kind, meta.GetName(), schemaNote), value, nil
 }
 
 func main() {
 	printKey := flag.String("print-key", "", "print data[KEY] of every ConfigMap that has it")
+	openAPIDir := flag.String("openapi", "", "also validate against the OpenAPI v3 schemas in `DIR` (k8s.io/kubernetes api/openapi-spec/v3)")
 	flag.Parse()
 	if flag.NArg() < 1 {
 		fmt.Fprintln(os.Stderr, "usage: kubevalidate [-print-key KEY] FILE... (- for stdin)")
@@ -136,6 +149,13 @@ func main() {
 		os.Exit(2)
 	}
 	decoder := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+	var api *openAPI
+	if *openAPIDir != "" {
+		if api, err = loadOpenAPI(*openAPIDir); err != nil {
+			fmt.Fprintln(os.Stderr, "kubevalidate: openapi:", err)
+			os.Exit(2)
+		}
+	}
 
 	var docs []document
 	for _, name := range flag.Args() {
@@ -162,7 +182,7 @@ func main() {
 	}
 	failed := 0
 	for _, doc := range docs {
-		what, value, err := check(decoder, doc, *printKey)
+		what, value, err := check(decoder, api, doc, *printKey)
 		if err != nil {
 			failed++
 			fmt.Fprintf(report, "FAIL %s#%d: %v\n", doc.source, doc.index, err)
