@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -34,6 +35,12 @@ type rendered struct {
 
 func render(t *testing.T, valueFiles ...string) rendered {
 	t.Helper()
+	return renderWith(t, valueFiles, nil)
+}
+
+// renderWith renders with value files from the chart's ci/ directory and --set expressions.
+func renderWith(t *testing.T, valueFiles []string, sets []string) rendered {
+	t.Helper()
 	helm, chart := os.Getenv("HELM"), os.Getenv("CHART")
 	if helm == "" || chart == "" {
 		t.Fatal("HELM and CHART must be set (tests/deploy.sh sets them)")
@@ -45,6 +52,9 @@ func render(t *testing.T, valueFiles ...string) rendered {
 	args := []string{"template", "derp", chart, "--namespace", "derp", "--kube-version", kube}
 	for _, f := range valueFiles {
 		args = append(args, "-f", filepath.Join(chart, "ci", f))
+	}
+	for _, s := range sets {
+		args = append(args, "--set", s)
 	}
 	out, err := exec.Command(helm, args...).Output()
 	if err != nil {
@@ -418,8 +428,13 @@ func TestAdmissionAndRateConfig(t *testing.T) {
 			t.Errorf("rate mount %+v", m)
 		}
 	}
-	if _, ok := r.statefulSet(t).Spec.Template.Annotations["checksum/rate-config"]; ok {
-		t.Error("reload=signal must not roll the pods")
+	// reload=signal: a new rate leaves the pod template alone (no rollout), only the file changes.
+	changed := renderWith(t, []string{"admission-rate.yaml"}, []string{"rateConfig.perClientRateLimitBytesPerSec=99"})
+	if !reflect.DeepEqual(r.statefulSet(t).Spec.Template, changed.statefulSet(t).Spec.Template) {
+		t.Error("reload=signal: changing the rate changed the pod template (pods would restart)")
+	}
+	if changed.configMap(t, "-rate").Data["rate.json"] == r.configMap(t, "-rate").Data["rate.json"] {
+		t.Error("the rate ConfigMap did not change")
 	}
 	toml := r.configMap(t, "-config").Data["derp-derper-0.toml"]
 	for _, want := range []string{
@@ -436,9 +451,11 @@ func TestAdmissionAndRateConfig(t *testing.T) {
 	}
 	checkConfigs(t, r, 2)
 
+	// reload=rollout: a new rate changes the pod template, so the pods roll (draining).
 	r = render(t, "acme.yaml")
-	if _, ok := r.statefulSet(t).Spec.Template.Annotations["checksum/rate-config"]; !ok {
-		t.Error("reload=rollout must roll the pods on a rate change")
+	changed = renderWith(t, []string{"acme.yaml"}, []string{"rateConfig.perClientRateLimitBytesPerSec=99"})
+	if reflect.DeepEqual(r.statefulSet(t).Spec.Template, changed.statefulSet(t).Spec.Template) {
+		t.Error("reload=rollout: changing the rate left the pod template unchanged")
 	}
 	toml = r.configMap(t, "-config").Data["derp-derper-0.toml"]
 	if !strings.Contains(toml, `certmode = "letsencrypt"`) || !strings.Contains(toml, `certdir = "/var/lib/derper/acme"`) {
