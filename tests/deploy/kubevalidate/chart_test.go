@@ -247,6 +247,40 @@ func TestDefaultsAreRestrictedAndDrainAware(t *testing.T) {
 	checkConfigs(t, r, 2)
 }
 
+// TestOnlyRelaysCarrySelectorLabels: the headless Service (mesh membership), the per-node
+// Services, the PDB and the NetworkPolicy select by the relays' labels; the test pod and the
+// load-test Job's pods must not match, or a probe pod would become a mesh peer.
+func TestOnlyRelaysCarrySelectorLabels(t *testing.T) {
+	r := render(t, "loadtest.yaml")
+	selector := r.statefulSet(t).Spec.Selector.MatchLabels
+	matches := func(labels map[string]string) bool {
+		for k, v := range selector {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	pods := 0
+	for _, o := range r.objects {
+		switch v := o.(type) {
+		case *corev1.Pod:
+			pods++
+			if matches(v.Labels) {
+				t.Errorf("pod %s matches the relay selector %v", v.Name, selector)
+			}
+		case *batchv1.Job:
+			pods++
+			if matches(v.Spec.Template.Labels) || matches(v.Labels) {
+				t.Errorf("job %s matches the relay selector %v", v.Name, selector)
+			}
+		}
+	}
+	if pods != 2 {
+		t.Errorf("%d non-relay workloads rendered, want the test pod and the Job", pods)
+	}
+}
+
 func TestHostNetworkBindsNodePortsWithOneCapability(t *testing.T) {
 	r := render(t, "host-network.yaml")
 	s := r.statefulSet(t)
