@@ -210,6 +210,9 @@ func TestDefaultsAreRestrictedAndDrainAware(t *testing.T) {
 	if len(headless) != 1 || headless[0].Spec.PublishNotReadyAddresses {
 		t.Fatalf("headless Service: %d, must not publish not-ready relays", len(headless))
 	}
+	if p := headless[0].Spec.IPFamilyPolicy; p == nil || *p != corev1.IPFamilyPolicySingleStack {
+		t.Error("the mesh Service must name each relay once (single stack)")
+	}
 	if len(lbs) != 2 {
 		t.Fatalf("%d LoadBalancer Services, want one per replica", len(lbs))
 	}
