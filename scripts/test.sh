@@ -118,6 +118,13 @@ if [[ -x tests/loadtest-netns.sh ]]; then
     step "loadtest with real network namespaces (root)" tests/loadtest-netns.sh
 fi
 
+if [[ $have_go -eq 1 ]]; then
+    step "install deploy tools (helm, tofu, kubevalidate, hadolint; pinned)" scripts/install-deploy-tools.sh
+    step "deploy: Dockerfile, Helm chart, Terraform, DERP maps (tests/deploy.sh)" tests/deploy.sh
+else
+    skip "deploy validation" "go is not installed: helm, tofu and kubevalidate are built from Go modules"
+fi
+
 echo
 if ((${#skipped[@]})); then
     echo "Skipped:"
