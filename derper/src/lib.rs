@@ -24,6 +24,7 @@ mod listener;
 mod log_limit;
 pub mod mesh;
 pub mod metrics;
+pub mod quic;
 pub mod relay;
 pub mod tls;
 
@@ -68,6 +69,12 @@ pub enum SpawnError {
     /// The mesh settings could not be used.
     #[error("mesh: {0}")]
     Mesh(#[from] mesh::MeshError),
+    /// The QUIC mesh listener could not start.
+    #[error("quic: {0}")]
+    Quic(#[from] quic::QuicError),
+    /// `quic_addr` is set but TLS is not.
+    #[error("the QUIC listener needs TLS (it serves the main listener's certificate)")]
+    QuicWithoutTls,
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -77,6 +84,7 @@ pub struct ServerHandle {
     main_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stun_addrs: Vec<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
     tls: Option<tls::TlsSetup>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -213,6 +221,17 @@ impl Server {
             tasks.spawn(async move { stun.run(c).await });
         }
 
+        let mut quic_addr = None;
+        if let Some(addr) = config.quic_addr {
+            let Some(setup) = &tls else {
+                return Err(SpawnError::QuicWithoutTls);
+            };
+            let endpoint = quic::bind(addr, &setup.config)?;
+            quic_addr = endpoint.local_addr().ok();
+            let (relay, t, c) = (relay.clone(), tasks.clone(), cancel.clone());
+            tasks.spawn(quic::serve(endpoint, relay, t, c));
+        }
+
         for l in loops {
             let c = cancel.clone();
             let t = tasks.clone();
@@ -224,6 +243,7 @@ impl Server {
             main_addr,
             http_addr,
             stun_addrs,
+            quic_addr,
             tls,
             cancel,
             tasks,
@@ -263,6 +283,11 @@ impl ServerHandle {
     /// STUN socket addresses.
     pub fn stun_addrs(&self) -> &[SocketAddr] {
         &self.stun_addrs
+    }
+
+    /// The QUIC mesh listener's address, when `--quic-port` is set.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// The running mesh, when peers are configured.

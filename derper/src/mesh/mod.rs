@@ -21,6 +21,7 @@ pub mod dns;
 pub mod membership;
 pub mod target;
 
+mod auto;
 mod forwarder;
 mod link;
 mod metrics;
@@ -40,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use self::link::{LinkContext, LinkExit, LinkSettings};
 use self::metrics::MeshMetrics;
-pub use self::target::{DialTarget, PeerTarget, TargetError};
+pub use self::target::{DialTarget, LinkTransport, PeerTarget, TargetError};
 use crate::config::MeshSettings;
 use crate::relay::{LinkId, Relay};
 
@@ -150,8 +151,11 @@ impl Mesh {
                 connect_timeout: settings.connect_timeout,
                 backoff: reconnect_backoff(settings),
                 max_keys: settings.max_keys_per_link,
+                quic_fallback_after: settings.quic_fallback_after,
+                quic_retry_interval: settings.quic_retry_interval,
             },
             metrics: MeshMetrics::new(),
+            quic: Default::default(),
         });
         let metrics = ctx.relay.metrics().clone();
         let mut links = Links {
