@@ -48,7 +48,8 @@ async fn login(conn: &quinn::Connection, mesh_key: Option<MeshKey>) -> Result<Cl
     if let Some(k) = mesh_key {
         opts = opts.with_mesh_key(k);
     }
-    let login = Client::handshake_over(stream, BytesMut::new(), &NodeSecretKey::generate(), &opts);
+    let secret = NodeSecretKey::generate();
+    let login = Client::handshake_over(stream, BytesMut::new(), &secret, &opts);
     tokio::time::timeout(Duration::from_secs(5), login)
         .await
         .expect("the login ends")
