@@ -226,7 +226,7 @@ impl Server {
             let Some(setup) = &tls else {
                 return Err(SpawnError::QuicWithoutTls);
             };
-            let endpoint = quic::bind(addr, &setup.config)?;
+            let endpoint = quic::bind(addr, &setup.config, relay.secret())?;
             quic_addr = endpoint.local_addr().ok();
             let (relay, t, c) = (relay.clone(), tasks.clone(), cancel.clone());
             tasks.spawn(quic::serve(endpoint, relay, t, c));

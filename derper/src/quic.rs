@@ -87,10 +87,50 @@ fn server_config(tls: &rustls::ServerConfig) -> Result<quinn::ServerConfig, Quic
     Ok(config)
 }
 
-/// Binds the QUIC mesh listener on `addr` with the main listener's TLS config.
-pub fn bind(addr: SocketAddr, tls: &rustls::ServerConfig) -> Result<Endpoint, QuicError> {
+/// The endpoint's stateless-reset key and connection-ID key, derived from the relay's private
+/// key so both survive a restart: a peer whose link still points at our previous life sends
+/// to a connection ID we still recognise as ours, gets a valid stateless reset, and reconnects
+/// at once instead of waiting out the idle timeout (the QUIC counterpart of the RST a
+/// restarted TCP listener sends).
+fn endpoint_config(secret: &NodeSecretKey) -> quinn::EndpointConfig {
+    use sha2::{Digest, Sha256};
+    let derive = |label: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(label);
+        h.update(secret.to_bytes());
+        h.finalize()
+    };
+    let reset = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &derive(b"derp-mesh/1 QUIC stateless reset key"),
+    );
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive(b"derp-mesh/1 QUIC connection ID key")[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// Binds the QUIC mesh listener on `addr` with the main listener's TLS config; `secret` is
+/// the relay's key (see [`endpoint_config`]).
+pub fn bind(
+    addr: SocketAddr,
+    tls: &rustls::ServerConfig,
+    secret: &NodeSecretKey,
+) -> Result<Endpoint, QuicError> {
     let config = server_config(tls)?;
-    Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
+    let bind_err = |source| QuicError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    Endpoint::new(
+        endpoint_config(secret),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)
 }
 
 /// Accepts QUIC connections until `cancel` fires; each runs in a task of `tasks`. At most
