@@ -13,7 +13,10 @@
 //!     destination's bounded queue, count every drop   disco → data, one flush per batch
 //! ```
 //!
-//! [`Server::spawn`] runs the listeners (main, port 80, STUN, metrics) around a [`Relay`].
+//! QUIC (`--quic-port`, mesh peers only) ends in the same `Relay::accept`: the DERP login on a
+//! stream, forwarded packets as datagrams ([`quic`]).
+//!
+//! [`Server::spawn`] runs the listeners (main, port 80, STUN, QUIC, metrics) around a [`Relay`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;

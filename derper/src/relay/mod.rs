@@ -1,8 +1,9 @@
 //! The relay core, independent of transports: handshake, admission, the registry of the
 //! region's keys, forwarding, and each connection's reader and on-demand writer.
 //!
-//! Transports (HTTP upgrade, WebSocket, over TCP or TLS; later QUIC) end in
-//! [`Relay::accept`], which runs one connection as four steps:
+//! Transports (HTTP upgrade, WebSocket, over TCP or TLS; QUIC for mesh peers) end in
+//! [`Relay::accept`] (QUIC: [`Relay::accept_with_datagrams`]), which runs one connection as
+//! four steps:
 //!
 //! ```text
 //! handshake ─► admit ─► register ─► run (reader task; writer spawned while there is output)
