@@ -81,7 +81,30 @@ pub fn decode(mut datagram: Bytes) -> Result<ForwardDatagram, DatagramError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn forward_round_trips(
+            src in any::<[u8; 32]>(),
+            dst in any::<[u8; 32]>(),
+            packet in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let (src, dst) = (NodePublicKey::from_bytes(src), NodePublicKey::from_bytes(dst));
+            let mut out = BytesMut::new();
+            encode_forward(&mut out, &src, &dst, &packet);
+            prop_assert_eq!(out.len(), FORWARD_HEADER_LEN + packet.len());
+            let d = decode(out.freeze()).unwrap();
+            prop_assert_eq!((d.src, d.dst, &d.packet[..]), (src, dst, &packet[..]));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            crate::fuzzing::mesh_datagram(&data);
+        }
+    }
 
     #[test]
     fn golden_forward_datagram() {
