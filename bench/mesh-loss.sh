@@ -24,6 +24,7 @@
 #
 # Usage: bench/mesh-loss.sh
 # Environment: LOSSES="0 1 5" PAIRS=16 RATE=250 SIZE=1280 DURATION=20s RESTARTS=3
+#              DERPER=path LOADTEST=path (skip the release build, e.g. for a smoke run)
 # Results: bench/results/<UTC timestamp>-mesh-loss/{*.json,*.txt,restart.tsv,summary.md}.
 set -euo pipefail
 
@@ -45,10 +46,12 @@ mkdir -p "$OUT" "$WORK"
 log() { printf '[mesh-loss] %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "needs root (network namespaces, nftables)"; exit 1; }
 
-log "building our derper and loadtest (release)"
-(cd "$REPO" && cargo build --release -q -p derper -p loadtest)
-OURS=$REPO/target/release/derper
-LT=$REPO/target/release/loadtest
+if [ -z "${DERPER:-}" ] || [ -z "${LOADTEST:-}" ]; then
+  log "building our derper and loadtest (release)"
+  (cd "$REPO" && cargo build --release -q -p derper -p loadtest)
+fi
+OURS=${DERPER:-$REPO/target/release/derper}
+LT=${LOADTEST:-$REPO/target/release/loadtest}
 
 # --- namespaces ---------------------------------------------------------------------------------
 PIDS=()
