@@ -161,6 +161,8 @@ pub async fn serve(
             drop(permit);
         });
     }
+    // CONNECTION_CLOSE to every peer at once: their links notice as promptly as `Restarting`
+    // would tell them, and the UDP port is free for the relay's next start.
     endpoint.close(CLOSE_DONE, b"relay stopping");
 }
 
