@@ -163,6 +163,13 @@ pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// 15 s a TCP link allows its Pings).
 pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// RTT a QUIC mesh connection assumes before it has measured one (quinn's default is 333 ms).
+/// The relays of a region sit close together; a low guess makes a lost Initial (a peer that is
+/// restarting, UDP still closed) retransmit within about 200 ms instead of about a second, so a
+/// restarted relay is linked again about as fast as over TCP. A wrong guess costs one early
+/// retransmission.
+pub const QUIC_INITIAL_RTT: Duration = Duration::from_millis(50);
+
 /// Bytes of datagrams quinn may hold for sending on one mesh connection. Small on purpose:
 /// WireGuard prefers loss to delay, and 256 KiB is about 2 ms at 1 Gbit/s; behind it the
 /// link's own queue (`mesh.queue_packets`/`queue_bytes`) head-drops and counts.

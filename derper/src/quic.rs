@@ -66,6 +66,7 @@ fn transport_config(accept_streams: u32) -> TransportConfig {
     t.max_concurrent_bidi_streams(accept_streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .keep_alive_interval(Some(defaults::QUIC_KEEP_ALIVE))
+        .initial_rtt(defaults::QUIC_INITIAL_RTT)
         .max_idle_timeout(
             // 15 s is far below QUIC's 2^62 µs ceiling.
             quinn::IdleTimeout::try_from(defaults::QUIC_IDLE_TIMEOUT).ok(),
