@@ -13,7 +13,10 @@
 //!     destination's bounded queue, count every drop   disco → data, one flush per batch
 //! ```
 //!
-//! [`Server::spawn`] runs the listeners (main, port 80, STUN, metrics) around a [`Relay`].
+//! QUIC (`--quic-port`, mesh peers only) ends in the same `Relay::accept`: the DERP login on a
+//! stream, forwarded packets as datagrams ([`quic`]).
+//!
+//! [`Server::spawn`] runs the listeners (main, port 80, STUN, QUIC, metrics) around a [`Relay`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
@@ -28,6 +31,7 @@ mod listener;
 mod log_limit;
 pub mod mesh;
 pub mod metrics;
+pub mod quic;
 pub mod relay;
 pub mod tls;
 
@@ -78,6 +82,12 @@ pub enum SpawnError {
     /// The rate config file is unusable.
     #[error(transparent)]
     RateConfig(#[from] limits::RateConfigError),
+    /// The QUIC mesh listener could not start.
+    #[error("quic: {0}")]
+    Quic(#[from] quic::QuicError),
+    /// `quic_addr` is set but TLS is not.
+    #[error("the QUIC listener needs TLS (it serves the main listener's certificate)")]
+    QuicWithoutTls,
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -87,6 +97,7 @@ pub struct ServerHandle {
     main_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stun_addrs: Vec<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
     tls: Option<tls::TlsSetup>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -254,6 +265,16 @@ impl Server {
             let c = cancel.clone();
             tasks.spawn(async move { dns.run(c).await });
         }
+        let mut quic_addr = None;
+        if let Some(addr) = config.quic_addr {
+            let Some(setup) = &tls else {
+                return Err(SpawnError::QuicWithoutTls);
+            };
+            let endpoint = quic::bind(addr, &setup.config, relay.secret())?;
+            quic_addr = endpoint.local_addr().ok();
+            let (relay, t, c) = (relay.clone(), tasks.clone(), cancel.clone());
+            tasks.spawn(quic::serve(endpoint, relay, t, c));
+        }
 
         for l in loops {
             let c = cancel.clone();
@@ -266,6 +287,7 @@ impl Server {
             main_addr,
             http_addr,
             stun_addrs,
+            quic_addr,
             tls,
             cancel,
             tasks,
@@ -307,6 +329,11 @@ impl ServerHandle {
     /// STUN socket addresses.
     pub fn stun_addrs(&self) -> &[SocketAddr] {
         &self.stun_addrs
+    }
+
+    /// The QUIC mesh listener's address, when `--quic-port` is set.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// The running mesh, when peers are configured.

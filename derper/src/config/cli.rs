@@ -46,6 +46,10 @@ pub struct Cli {
     /// STUN listen address (`ip:port`); repeatable; overrides the -a host and --stun-port.
     #[arg(long = "stun-addr")]
     pub stun_addr: Vec<SocketAddr>,
+    /// UDP port of the QUIC mesh listener, bound to the host part of -a; off when not set.
+    /// Only mesh peers (with the mesh key) may use it; needs TLS.
+    #[arg(long)]
+    pub quic_port: Option<u16>,
     /// Run the DERP relay; false leaves STUN and probes up and answers /derp with 404.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = defaults::SERVE_DERP, default_missing_value = "true")]
     pub derp: bool,
@@ -335,6 +339,9 @@ impl CommandLine {
         }
         if !c.stun_addr.is_empty() {
             s.listen.stun_addrs = c.stun_addr.clone();
+        }
+        if let Some(port) = c.quic_port {
+            s.listen.quic_port = Some(port);
         }
         if let Some(addr) = c.metrics_addr {
             s.listen.metrics_addr = Some(addr);

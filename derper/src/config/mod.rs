@@ -124,6 +124,8 @@ pub struct ServerConfig {
     pub http_addr: Option<SocketAddr>,
     /// STUN listen addresses (empty: no STUN).
     pub stun_addrs: Vec<SocketAddr>,
+    /// QUIC mesh listener (UDP), serving the main listener's certificate; needs `tls`.
+    pub quic_addr: Option<SocketAddr>,
     /// Whether `/derp` is served.
     pub derp_enabled: bool,
     /// Home page behaviour.
@@ -165,6 +167,7 @@ impl ServerConfig {
             tls: None,
             http_addr: None,
             stun_addrs: Vec::new(),
+            quic_addr: None,
             derp_enabled: defaults.server.derp,
             home: HomePage::Default,
             mesh_key: None,
@@ -218,6 +221,15 @@ impl Settings {
         } else {
             vec![SocketAddr::new(addr.ip(), listen.stun_port)]
         };
+        let quic_addr = listen.quic_port.map(|p| SocketAddr::new(addr.ip(), p));
+        if quic_addr.is_some() && tls.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "listen.quic_port",
+                reason: "QUIC always uses TLS: --quic-port needs the main listener's TLS \
+                         (--certmode manual or port 443)"
+                    .into(),
+            });
+        }
         let key = match (server.key_file, dev) {
             (Some(p), _) => KeySource::File(p),
             (None, true) => KeySource::Ephemeral,
@@ -256,6 +268,7 @@ impl Settings {
             tls,
             http_addr,
             stun_addrs,
+            quic_addr,
             derp_enabled: server.derp,
             home: parse_home(&server.home)?,
             mesh_key,

@@ -90,6 +90,11 @@ pub struct ListenSettings {
     /// `--stun-addr`: STUN listen addresses; when not empty they replace `addr`'s host and
     /// `stun_port`.
     pub stun_addrs: Vec<SocketAddr>,
+    /// `--quic-port`: UDP port of the QUIC mesh listener, bound to the host part of `addr`;
+    /// off when unset. Needs TLS (it serves the main listener's certificate) and a mesh key
+    /// (only mesh peers may use it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic_port: Option<u16>,
     /// `--metrics-addr`: Prometheus listener; off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
@@ -113,6 +118,7 @@ impl Default for ListenSettings {
             stun: defaults::RUN_STUN,
             stun_port: defaults::STUN_PORT,
             stun_addrs: Vec::new(),
+            quic_port: None,
             metrics_addr: None,
             max_connections: None,
             tcp_keepalive_time: defaults::TCP_KEEPALIVE_TIME,
@@ -283,6 +289,12 @@ pub struct MeshSettings {
     pub write_timeout: Duration,
     /// Keys one link may announce; more are refused and counted.
     pub max_keys_per_link: usize,
+    /// How long an `auto://` link tries QUIC before dialling TCP/TLS instead.
+    #[serde(with = "go_duration")]
+    pub quic_fallback_after: Duration,
+    /// How often an `auto://` link running over TCP tries QUIC again.
+    #[serde(with = "go_duration")]
+    pub quic_retry_interval: Duration,
     /// `[[mesh.dns]]`: names re-resolved on an interval; every address found is a peer
     /// (a Kubernetes headless Service, or SRV records).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -304,6 +316,8 @@ impl Default for MeshSettings {
             reconnect_max: defaults::MESH_RECONNECT_MAX,
             write_timeout: defaults::MESH_WRITE_TIMEOUT,
             max_keys_per_link: defaults::MESH_MAX_KEYS_PER_LINK,
+            quic_fallback_after: defaults::MESH_QUIC_FALLBACK_AFTER,
+            quic_retry_interval: defaults::MESH_QUIC_RETRY_INTERVAL,
             dns: Vec::new(),
         }
     }
@@ -337,6 +351,8 @@ impl MeshSettings {
             ("mesh.connect_timeout", self.connect_timeout),
             ("mesh.reconnect_min", self.reconnect_min),
             ("mesh.write_timeout", self.write_timeout),
+            ("mesh.quic_fallback_after", self.quic_fallback_after),
+            ("mesh.quic_retry_interval", self.quic_retry_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
@@ -600,6 +616,18 @@ impl Settings {
             ));
         }
         super::parse_cert_mode(&self.tls.certmode)?;
+        if self.listen.quic_port == Some(0) {
+            return Err(invalid(
+                "listen.quic_port",
+                "must be a port number (1-65535)",
+            ));
+        }
+        if self.listen.quic_port.is_some() && self.mesh.psk_file.is_none() {
+            return Err(invalid(
+                "listen.quic_port",
+                "only mesh peers may use QUIC: --quic-port needs --mesh-psk-file (mesh.psk_file)",
+            ));
+        }
         super::parse_home(&self.server.home)?;
         if !matches!(self.server.log_format.as_str(), "text" | "json") {
             return Err(invalid(

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod membership;
 pub mod target;
 
+mod auto;
 mod forwarder;
 mod health;
 mod link;
@@ -41,7 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use self::link::{LinkContext, LinkExit, LinkSettings};
 use self::metrics::MeshMetrics;
-pub use self::target::{DialTarget, PeerTarget, TargetError};
+pub use self::target::{DialTarget, LinkTransport, PeerTarget, TargetError};
 use crate::config::MeshSettings;
 use crate::relay::{LinkId, Relay};
 
@@ -151,9 +152,12 @@ impl Mesh {
                 connect_timeout: settings.connect_timeout,
                 backoff: reconnect_backoff(settings),
                 max_keys: settings.max_keys_per_link,
+                quic_fallback_after: settings.quic_fallback_after,
+                quic_retry_interval: settings.quic_retry_interval,
             },
             metrics: MeshMetrics::new(),
             unreachable: Default::default(),
+            quic: Default::default(),
         });
         let metrics = ctx.relay.metrics().clone();
         let mut links = Links {
