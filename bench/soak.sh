@@ -55,7 +55,11 @@ SECS=$((MINUTES * 60))
     sleep 1
   done ) & pids+=($!)
 
-metric() { curl -fsS "http://127.0.0.1:$MA/metrics" | awk -v s="$1" '$1==s {print $2; exit}'; }
+metric() {
+    # Read the whole page first: awk leaving early would fail curl (and, with pipefail, the run).
+    curl -fsS "http://127.0.0.1:$MA/metrics" >"$WORK/metrics.txt" 2>/dev/null || true
+    awk -v s="$1" '$1==s {print $2; exit}' "$WORK/metrics.txt"
+}
 echo "minute,rss_kb,fds,threads,connections,queue_head_drops,mesh_links_up" >"$OUT/samples.csv"
 for ((m = 0; m <= MINUTES; m++)); do
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$A_PID/status")

@@ -14,7 +14,10 @@ if [[ "$have" == "$CARGO_DENY_PIN" ]]; then
     exit 0
 fi
 echo "installing cargo-deny $CARGO_DENY_PIN into $REPO/.tools (a few minutes, once) ..."
-cargo install cargo-deny --locked --version "$CARGO_DENY_PIN" --root "$REPO/.tools" >/tmp/install-cargo-deny.log 2>&1 \
+# The build directory lives outside the checkout, so a fresh clone on the same machine (CI)
+# reuses the compiled crates instead of building cargo-deny from scratch again.
+cargo install cargo-deny --locked --version "$CARGO_DENY_PIN" --root "$REPO/.tools" \
+    --target-dir "${XDG_CACHE_HOME:-$HOME/.cache}/derp-fleet/cargo-deny-build" >/tmp/install-cargo-deny.log 2>&1 \
     || { tail -20 /tmp/install-cargo-deny.log; exit 1; }
 have="$("$BIN" --version | awk '{print $2}')"
 [[ "$have" == "$CARGO_DENY_PIN" ]] || { echo "installed cargo-deny reports $have, expected $CARGO_DENY_PIN" >&2; exit 1; }
