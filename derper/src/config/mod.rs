@@ -21,8 +21,8 @@ pub use self::cli::{Cli, CommandLine, normalize_go_flags};
 pub(crate) use self::duration::go_duration;
 pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
 pub use self::settings::{
-    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, PerClientLimits,
-    RelaySettings, ServerSettings, Settings, TlsSettings,
+    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, RelaySettings, ServerSettings,
+    Settings, TlsSettings,
 };
 use crate::defaults;
 use crate::http::HomePage;
@@ -142,6 +142,14 @@ pub struct ServerConfig {
     pub tcp_keepalive: Duration,
     /// TCP_USER_TIMEOUT.
     pub tcp_user_timeout: Duration,
+    /// Client admission (webhook, local tailscaled).
+    pub admission: AdmissionSettings,
+    /// Accept-rate and per-client rate limits.
+    pub limits: LimitsSettings,
+    /// How long a drain waits for clients to leave.
+    pub drain_grace: Duration,
+    /// Names `/bootstrap-dns` serves.
+    pub bootstrap_dns_names: Vec<String>,
 }
 
 impl ServerConfig {
@@ -164,6 +172,10 @@ impl ServerConfig {
             max_connections: None,
             tcp_keepalive: defaults.listen.tcp_keepalive_time,
             tcp_user_timeout: defaults.listen.tcp_user_timeout,
+            admission: defaults.admission,
+            limits: defaults.limits,
+            drain_grace: defaults.server.drain_grace,
+            bootstrap_dns_names: Vec::new(),
         }
     }
 }
@@ -180,9 +192,8 @@ impl Settings {
             tls,
             relay,
             mesh,
-            // Refused by `validate` when set; nothing to carry over yet.
-            admission: _,
-            limits: _,
+            admission,
+            limits,
         } = self;
         let addr = parse_listen(&listen.addr)?;
         let cert_mode = parse_cert_mode(&tls.certmode)?;
@@ -228,6 +239,10 @@ impl Settings {
             max_connections: listen.max_connections,
             tcp_keepalive: listen.tcp_keepalive_time,
             tcp_user_timeout: listen.tcp_user_timeout,
+            admission,
+            limits,
+            drain_grace: server.drain_grace,
+            bootstrap_dns_names: server.bootstrap_dns_names,
         })
     }
 }

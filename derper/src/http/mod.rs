@@ -5,6 +5,7 @@
 //! requires that no HTTP response at all is written and that bytes after the request head are
 //! kept for the DERP stream. Anything else is handed to hyper with those bytes replayed.
 
+pub mod bootstrap_dns;
 mod rewind;
 pub mod routes;
 
@@ -38,6 +39,8 @@ pub(crate) struct HttpContext {
     pub(crate) derp_enabled: bool,
     /// The `101 Switching Protocols` response, built once (it names the server key).
     pub(crate) upgrade_response: Bytes,
+    /// `/bootstrap-dns`, when names are configured.
+    pub(crate) bootstrap_dns: Option<Arc<bootstrap_dns::BootstrapDns>>,
 }
 
 /// How the first request on a connection should be handled.
@@ -376,7 +379,15 @@ pub(crate) async fn serve_port80<S: Stream>(io: S, ctx: Arc<HttpContext>) {
 async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<HttpContext>) {
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { routes::service(req, listener, &ctx.home, ctx.derp_enabled).await }
+        async move {
+            if listener == Listener::Main
+                && req.uri().path() == "/bootstrap-dns"
+                && let Some(dns) = &ctx.bootstrap_dns
+            {
+                return Ok(routes::json(dns.answer(req.uri().query())));
+            }
+            routes::service(req, listener, &ctx.home, ctx.derp_enabled).await
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -22,6 +22,7 @@ pub mod membership;
 pub mod target;
 
 mod forwarder;
+mod health;
 mod link;
 mod metrics;
 
@@ -152,6 +153,7 @@ impl Mesh {
                 max_keys: settings.max_keys_per_link,
             },
             metrics: MeshMetrics::new(),
+            unreachable: Default::default(),
         });
         let metrics = ctx.relay.metrics().clone();
         let mut links = Links {

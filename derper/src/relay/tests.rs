@@ -173,9 +173,15 @@ async fn draining_refuses_new_connections_and_says_restarting() {
                 .await
         }
     });
+    // Clients are told in a Health frame (shown by Tailscale clients) and in Restarting.
+    let f = c.reader.read_frame().await.unwrap();
+    assert_eq!(f.ty, FrameType::HEALTH);
+    let text = String::from_utf8(f.payload.to_vec()).unwrap();
+    assert!(text.contains("draining"), "{text}");
     let f = c.reader.read_frame().await.unwrap();
     assert_eq!(f.ty, FrameType::RESTARTING);
     assert!(matches!(relay.phase(), Phase::Draining { .. }));
+    assert!(!relay.is_ready());
     let (server_io, _client_io) = tokio::io::duplex(1024);
     let meta = ConnMeta::new("127.0.0.1:2".parse().unwrap(), TransportKind::Upgrade);
     assert!(matches!(
