@@ -75,23 +75,26 @@ check() {
     shift
     if "$@" >"$out" 2>&1; then
         pass "$name"
+        sed -n 's/^note: /      /p' "$out"
     else
         fail "$name" "$(tail -n 3 "$out" | tr '\n' ' ')"
     fi
     cat "$out" >>"$WORK/checks.log"
 }
 
-# eventually SECONDS CMD...: polls CMD every 0.2 s until it succeeds or the deadline passes.
+# eventually SECONDS CMD...: polls CMD every 0.2 s until it succeeds or the deadline passes;
+# prints the output of the last attempt. CMD runs in a subshell: only for side-effect-free checks.
 eventually() {
-    local deadline=$((SECONDS + $1))
+    local deadline=$((SECONDS + $1)) out
     shift
-    while ! "$@" >/dev/null 2>&1; do
+    until out="$("$@" 2>&1)"; do
         if ((SECONDS >= deadline)); then
-            "$@" 2>&1 | tail -n 5 >&2
+            tail -n 5 <<<"$out"
             return 1
         fi
         sleep 0.2
     done
+    [[ -z "$out" ]] || echo "$out"
 }
 
 # ours PID: PID is still an unreaped child of this script (so signalling it cannot hit a process
@@ -114,10 +117,12 @@ stop() {
 
 cleanup() {
     local pid ns
-    for pid in "${PIDS[@]}"; do
-        ours "$pid" && kill -KILL "$pid" 2>/dev/null
-    done
-    wait 2>/dev/null
+    {
+        for pid in "${PIDS[@]}"; do
+            ours "$pid" && kill -KILL "$pid"
+        done
+        wait
+    } 2>/dev/null
     for ns in "${MADE_NS[@]}"; do
         ip netns delete "$ns" 2>/dev/null
     done
@@ -235,11 +240,19 @@ start_relay() {
         return 1
     fi
     if [[ $mode == tls ]]; then
-        CERT_PIN="$(grep -o 'sha256-raw:[0-9a-f]\{64\}' "$log" | head -n1)"
-        [[ -n "$CERT_PIN" ]] || { echo "relay printed no sha256-raw pin"; return 1; }
+        local pin
+        pin="$(grep -o 'sha256-raw:[0-9a-f]\{64\}' "$log" | head -n1)"
+        [[ -n "$pin" ]] || { echo "relay printed no sha256-raw pin"; return 1; }
+        # A restart must serve the certificate the DERP map pins (it is kept in --certdir).
+        if [[ -n "$CERT_PIN" && "$pin" != "$CERT_PIN" ]]; then
+            echo "certificate changed across a restart: $CERT_PIN -> $pin"
+            return 1
+        fi
+        CERT_PIN="$pin"
     fi
 }
 RELAY_STARTS=0
+CERT_PIN=""
 
 # write_derp_maps MODE: Headscale's YAML (derp.paths) and the same map as tailcfg JSON for
 # loadtest probe.
@@ -354,7 +367,7 @@ start_node() {
         --tun=userspace-networking --statedir="$dir/state" --socket="$dir/tailscaled.sock" \
         --port=41641 --no-logs-no-support
     NODE_PIDS[i]=$BG_PID
-    eventually 30 ts "$i" status --json || return 1
+    eventually 30 ts "$i" status --json >/dev/null || return 1
     ts "$i" up --login-server="$HS_URL" --authkey="$AUTHKEY" --hostname="${NAMES[$i]}" \
         --accept-dns=false --timeout=60s || return 1
     NODE_TS_IPS[i]="$(ts "$i" ip -4)"
@@ -376,6 +389,7 @@ ping_via_derp() {
         echo "a pong came over a direct path: $out"
         return 1
     fi
+    echo "note: $(grep -m1 "via DERP" <<<"$out")"
 }
 
 # transfer FROM TO: TRANSFER_BYTES random bytes through `tailscale nc` into a listener on the
@@ -384,7 +398,8 @@ transfer() {
     local from="$1" to="$2" port=$((20000 + RANDOM % 10000)) dir="$WORK/transfer.$1to$2"
     mkdir -p "$dir"
     head -c "$TRANSFER_BYTES" /dev/urandom >"$dir/sent"
-    bg "$dir/listener.log" ip netns exec "${NS[$to]}" python3 - "$port" "$dir/received" "$dir/ready" <<'EOF'
+    # A background job's stdin is /dev/null, so the listener is a file, not a here-document.
+    cat >"$dir/listener.py" <<'EOF'
 import socket, sys
 port, out, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 srv = socket.socket()
@@ -402,9 +417,12 @@ with open(out, "wb") as f:
             break
         f.write(chunk)
 EOF
+    bg "$dir/listener.log" ip netns exec "${NS[$to]}" python3 "$dir/listener.py" "$port" \
+        "$dir/received" "$dir/ready"
     local listener=$BG_PID
-    eventually 10 test -e "$dir/ready" || return 1
-    local start=$SECONDS
+    eventually 10 test -e "$dir/ready" || { echo "listener not ready: $(cat "$dir/listener.log")"; return 1; }
+    local start=$SECONDS relayed_before
+    relayed_before="$(metric_sum derp_bytes_received_total)"
     timeout 120 "$TAILSCALE" --socket="$WORK/node$from/tailscaled.sock" nc \
         "${NODE_TS_IPS[$to]}" "$port" <"$dir/sent" >/dev/null || { echo "tailscale nc failed"; return 1; }
     eventually 120 exited "$listener" || return 1
@@ -412,8 +430,11 @@ EOF
     local a b
     a="$(sha256sum <"$dir/sent" | cut -d' ' -f1)"
     b="$(sha256sum <"$dir/received" | cut -d' ' -f1)"
-    echo "sent $(stat -c %s "$dir/sent") bytes, received $(stat -c %s "$dir/received") in $((SECONDS - start)) s"
-    [[ "$a" == "$b" ]]
+    local relayed=$(($(metric_sum derp_bytes_received_total) - relayed_before))
+    echo "note: sent $(stat -c %s "$dir/sent") bytes, received $(stat -c %s "$dir/received")" \
+        "in $((SECONDS - start)) s; our relay received ${relayed} bytes meanwhile"
+    [[ "$a" == "$b" ]] || { echo "sha256 differs"; return 1; }
+    ((relayed >= TRANSFER_BYTES)) || { echo "the relay carried only ${relayed} bytes"; return 1; }
 }
 
 # probe_random_key: loadtest probe (a DERP client with a fresh random key) from node A's
@@ -428,6 +449,11 @@ probe_random_key() {
 
 health_has() { ts "$1" status --json | jq -e --arg s "$2" '[.Health[]? | contains($s)] | any' >/dev/null; }
 metric() { in_hub curl -fsS "http://${METRICS}/metrics"; }
+# metric_sum NAME [LABEL_MATCH]: sum of the samples of NAME whose labels contain LABEL_MATCH.
+metric_sum() {
+    metric | awk -v n="$1" -v l="${2:-}" '($1 == n || index($1, n "{") == 1) && index($1, l) { s += $2 }
+        END { printf "%d\n", s }'
+}
 http_status() { in_hub curl -s -o /dev/null -w '%{http_code}' "http://${METRICS}$1"; }
 
 teardown_cluster() {
@@ -475,9 +501,9 @@ for VARIANT in plain tls; do
     check "tailscale ping A->B answered via DERP(${REGION_CODE})" eventually 60 ping_via_derp 0 1
     check "tailscale ping B->A answered via DERP(${REGION_CODE})" eventually 60 ping_via_derp 1 0
     if [[ $VARIANT == plain ]]; then
-        check "$((TRANSFER_BYTES >> 20)) MiB A->B through the tailnet, sha256 equal" transfer 0 1
+        check "$((TRANSFER_BYTES >> 20)) MiB A->B through the tailnet, sha256 equal, carried by our relay" transfer 0 1
     else
-        check "$((TRANSFER_BYTES >> 20)) MiB B->A through the tailnet, sha256 equal" transfer 1 0
+        check "$((TRANSFER_BYTES >> 20)) MiB B->A through the tailnet, sha256 equal, carried by our relay" transfer 1 0
     fi
     dropped="$(udp_dropped)"
     check "direct UDP between the nodes was tried and dropped ($dropped packets)" test "${dropped:-0}" -gt 0
@@ -502,14 +528,26 @@ if [[ -n "$RELAY_PID" ]]; then
         have_drain=0
     fi
 fi
-random_key_refused() { ! probe_random_key refused; }
-admission_counted() { metric | grep -q '^derp_admission_decisions_total'; }
+random_key_refused() {
+    if probe_random_key refused; then
+        echo "the relay admitted a random key"
+        return 1
+    fi
+    echo "note: loadtest probe: $(jq -r '.extra.probe[0].failures | join("; ")' "$WORK/probe.refused.json")"
+}
+# The two nodes were allowed by Headscale's answer and the random key was denied by it.
+admission_counted() {
+    (($(metric_sum derp_admission_calls_total 'result="allow"') >= 2)) \
+        && (($(metric_sum derp_admission_calls_total 'result="deny"') >= 1)) \
+        && (($(metric_sum derp_admission_decisions_total 'outcome="denied') >= 1))
+}
 if ((have_verify)); then
     check "nodes reconnect through the verifying relay: ping A->B via DERP" eventually 60 ping_via_derp 0 1
     check "nodes reconnect through the verifying relay: ping B->A via DERP" eventually 60 ping_via_derp 1 0
     check "a DERP client with a random key is refused" random_key_refused
-    check "relay counted the admission decisions" eventually 10 admission_counted
-    metric | grep '^derp_admission_decisions_total' >"$WORK/admission.metrics"
+    check "relay counted Headscale's answers: >= 2 allow (the nodes), >= 1 deny (the random key)" \
+        eventually 10 admission_counted
+    metric | grep '^derp_admission_' >"$WORK/admission.metrics"
     sed 's/^/    /' "$WORK/admission.metrics"
 else
     fail "Headscale /verify admission" "this derper has no --verify-client-url (not yet merged from main)"
@@ -528,7 +566,7 @@ drain_watch() {
         health_has 0 draining || { exited "$RELAY_PID" || misses=$((misses + 1)); }
         sleep 0.5
     done
-    echo "Health showed \"draining\" in $((samples - misses)) of ${samples} samples"
+    echo "note: Health showed \"draining\" in $((samples - misses)) of ${samples} samples"
     ((samples > 0 && misses == 0))
 }
 if ((have_drain)); then
