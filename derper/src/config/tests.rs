@@ -153,14 +153,14 @@ fn admission_and_limit_flags_reach_the_settings() {
         Some("http://headscale:8080/verify")
     );
     assert!(s.admission.fail_open);
-    assert_eq!(s.admission.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(s.admission.timeout, Duration::from_secs(2));
     assert_eq!(s.admission.reverify_interval, None);
     assert_eq!(s.limits.accept_limit(), Some((50.0, 50)));
     assert_eq!(
         s.limits.rate_config.as_deref(),
         Some(std::path::Path::new("/etc/derper/rate.json"))
     );
-    assert_eq!(s.server.drain_grace, std::time::Duration::from_secs(60));
+    assert_eq!(s.server.drain_grace, Duration::from_secs(60));
     assert_eq!(s.server.bootstrap_dns_names, ["a.example", "b.example"]);
     assert_eq!(s.server.log_format, "json");
     // Fail-closed is the default here (derper's is open; see the README).
@@ -363,7 +363,7 @@ fn admission_and_limits_sections_are_read() {
         &["--dev"],
     )
     .unwrap();
-    assert_eq!(s.admission.negative_ttl, std::time::Duration::from_secs(5));
+    assert_eq!(s.admission.negative_ttl, Duration::from_secs(5));
     assert_eq!(s.limits.accept_limit(), Some((10.5, 20)));
     // Present but empty sections (as --print-config writes them): accepted.
     settings_with_file(
