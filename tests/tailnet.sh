@@ -231,7 +231,6 @@ start_relay() {
     fi
     bg "$log" ip netns exec "$NS_HUB" "$DERPER" "${args[@]}" "$@"
     RELAY_PID=$BG_PID
-    RELAY_LOG="$log"
     local port=$RELAY_PLAIN_PORT
     [[ $mode == tls ]] && port=$TLS_PORT
     if ! eventually 30 in_hub bash -c "exec 3<>/dev/tcp/${HUB_IP}/${port}"; then
