@@ -234,6 +234,18 @@ def main() -> None:
     for name, data in st.items():
         write("stun_request", ("go-" if name == "tailscale" else "edge-") + name, data)
 
+    # mesh_datagram: QUIC mesh datagrams (tag 0x01 FORWARD ‖ src ‖ dst ‖ packet).
+    md = {
+        "forward-hi": b"\x01" + b"\xaa" * 32 + b"\xbb" * 32 + b"hi",
+        "forward-empty": b"\x01" + b"\x11" * 64,
+        "forward-1280": b"\x01" + b"\x22" * 64 + b"\x5a" * 1280,
+        "short-header": b"\x01" + b"\x33" * 40,
+        "unknown-tag": b"\x02" + b"\x44" * 64 + b"x",
+        "empty": b"",
+    }
+    for name, data in md.items():
+        write("mesh_datagram", name, data)
+
 
 if __name__ == "__main__":
     main()

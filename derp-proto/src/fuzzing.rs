@@ -17,6 +17,7 @@
 //! | `handshake_server` | the first frame a server reads (header included)             |
 //! | `client_info_open` | ClientInfo (and ServerInfo) JSON                             |
 //! | `stun_request`     | one UDP datagram arriving at the STUN port                   |
+//! | `mesh_datagram`    | one QUIC datagram from a mesh peer                           |
 //!
 //! Not part of the public API: hidden from the docs and free to change.
 
@@ -526,5 +527,21 @@ fn unmap(addr: SocketAddr) -> SocketAddr {
             .to_ipv4_mapped()
             .map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), v6.port())),
         SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Decodes one QUIC mesh datagram ([`crate::datagram`]).
+///
+/// Invariants: a datagram that decodes re-encodes to exactly its bytes, and its packet is
+/// within the DERP limit.
+pub fn mesh_datagram(data: &[u8]) {
+    use crate::consts::MAX_PACKET_SIZE;
+    use crate::datagram;
+
+    if let Ok(d) = datagram::decode(Bytes::copy_from_slice(data)) {
+        assert!(d.packet.len() <= MAX_PACKET_SIZE);
+        let mut again = BytesMut::new();
+        datagram::encode_forward(&mut again, &d.src, &d.dst, &d.packet);
+        assert_eq!(&again[..], data);
     }
 }

@@ -24,6 +24,7 @@
 pub mod backoff;
 pub mod cert;
 pub mod consts;
+pub mod datagram;
 pub mod disco;
 mod error;
 pub mod frame;

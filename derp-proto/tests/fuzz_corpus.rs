@@ -13,13 +13,14 @@ use derp_proto::fuzzing;
 type Harness = fn(&[u8]);
 
 /// Every fuzz target and the harness it calls.
-const TARGETS: [(&str, Harness); 6] = [
+const TARGETS: [(&str, Harness); 7] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("client_messages", fuzzing::client_messages),
     ("server_messages", fuzzing::server_messages),
     ("handshake_server", fuzzing::handshake_server),
     ("client_info_open", fuzzing::client_info_open),
     ("stun_request", fuzzing::stun_request),
+    ("mesh_datagram", fuzzing::mesh_datagram),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -81,6 +82,11 @@ fn client_info_open() {
 #[test]
 fn stun_request() {
     replay("stun_request");
+}
+
+#[test]
+fn mesh_datagram() {
+    replay("mesh_datagram");
 }
 
 /// Every corpus directory has a harness here and a target in `fuzz/`, and the other way round.

@@ -203,3 +203,49 @@ pub const BOOTSTRAP_DNS_REFRESH: Duration = Duration::from_secs(600);
 
 /// How often the Prometheus recorder's upkeep runs (the exporter's own listener uses 5 s).
 pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// How long `/derpmap` keeps a peer after it was last seen healthy: longer than a relay pod's
+/// restart, so one restart does not move every client's home node, and short enough that a
+/// relay that is gone stops being offered within a minute.
+pub const DERP_MAP_KEEP: Duration = Duration::from_secs(60);
+/// Inbound QUIC connections open at once. Only mesh peers may use QUIC and a region is a
+/// handful of relays; 256 leaves room for reconnect overlap while a flood of handshakes
+/// cannot pin unbounded state (more are refused before any crypto and counted).
+pub const QUIC_MAX_CONNECTIONS: usize = 256;
+
+/// QUIC keep-alive on mesh connections: a PING every 5 s keeps NAT and firewall state fresh
+/// and lets the idle timeout below notice a dead path, like the DERP Ping of TCP links.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A QUIC mesh connection silent this long is dead (three keep-alives missed, the same
+/// 15 s a TCP link allows its Pings).
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// RTT a QUIC mesh connection assumes before it has measured one (quinn's default is 333 ms).
+/// The relays of a region sit close together; a low guess makes a lost Initial (a peer that is
+/// restarting, UDP still closed) retransmit within about 200 ms instead of about a second, so a
+/// restarted relay is linked again about as fast as over TCP. A wrong guess costs one early
+/// retransmission.
+pub const QUIC_INITIAL_RTT: Duration = Duration::from_millis(50);
+
+/// Bytes of datagrams quinn may hold for sending on one mesh connection. Small on purpose:
+/// WireGuard prefers loss to delay, and 256 KiB is about 2 ms at 1 Gbit/s; behind it the
+/// link's own queue (`mesh.queue_packets`/`queue_bytes`) head-drops and counts.
+pub const QUIC_DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
+
+/// Bytes of received datagrams quinn may hold before the reader takes them (the oldest are
+/// dropped by quinn beyond it); 1 MiB is a few milliseconds of a busy link.
+pub const QUIC_DATAGRAM_RECEIVE_BUFFER: usize = 1024 * 1024;
+
+/// Bidirectional streams a QUIC mesh peer may open: the DERP stream only. A peer that opens
+/// more is stopped by QUIC flow control, not by us.
+pub const QUIC_MAX_BIDI_STREAMS: u32 = 1;
+
+/// Time an `auto://` mesh link gives QUIC before dialling TCP/TLS instead (UDP blocked
+/// looks like silence, not refusal). A QUIC handshake is one round trip, so 3 s is
+/// generous on any real path and still brings the link up over TCP within a few seconds.
+pub const MESH_QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+
+/// How often an `auto://` link running over TCP tries QUIC again (and moves back to it when
+/// it answers). A minute keeps the probes cheap; a link is rarely on TCP for long.
+pub const MESH_QUIC_RETRY_INTERVAL: Duration = Duration::from_secs(60);

@@ -13,13 +13,17 @@
 //!     destination's bounded queue, count every drop   disco → data, one flush per batch
 //! ```
 //!
-//! [`Server::spawn`] runs the listeners (main, port 80, STUN, metrics) around a [`Relay`].
+//! QUIC (`--quic-port`, mesh peers only) ends in the same `Relay::accept`: the DERP login on a
+//! stream, forwarded packets as datagrams ([`quic`]).
+//!
+//! [`Server::spawn`] runs the listeners (main, port 80, STUN, QUIC, metrics) around a [`Relay`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod defaults;
+pub mod derpmap;
 pub mod http;
 pub mod keyfile;
 pub mod limits;
@@ -27,6 +31,7 @@ mod listener;
 mod log_limit;
 pub mod mesh;
 pub mod metrics;
+pub mod quic;
 pub mod relay;
 pub mod tls;
 
@@ -77,6 +82,12 @@ pub enum SpawnError {
     /// The rate config file is unusable.
     #[error(transparent)]
     RateConfig(#[from] limits::RateConfigError),
+    /// The QUIC mesh listener could not start.
+    #[error("quic: {0}")]
+    Quic(#[from] quic::QuicError),
+    /// `quic_addr` is set but TLS is not.
+    #[error("the QUIC listener needs TLS (it serves the main listener's certificate)")]
+    QuicWithoutTls,
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -86,6 +97,7 @@ pub struct ServerHandle {
     main_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stun_addrs: Vec<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
     tls: Option<tls::TlsSetup>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -160,19 +172,6 @@ impl Server {
         let tasks = TaskTracker::new();
         // If start-up fails after a task was spawned (mesh links, STUN), stop it again.
         let stop_on_error = cancel.clone().drop_guard();
-        let bootstrap_dns = (!config.bootstrap_dns_names.is_empty()).then(|| {
-            Arc::new(http::bootstrap_dns::BootstrapDns::new(
-                config.bootstrap_dns_names.clone(),
-            ))
-        });
-        let ctx = Arc::new(HttpContext {
-            relay: relay.clone(),
-            home: config.home.clone(),
-            derp_enabled: config.derp_enabled,
-            upgrade_response: relay.upgrade_response(),
-            bootstrap_dns: bootstrap_dns.clone(),
-        });
-
         let main = bind_with_fallback(config.addr)?;
         let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
             addr: config.addr,
@@ -196,6 +195,28 @@ impl Server {
         } else {
             None
         };
+        let bootstrap_dns = (!config.bootstrap_dns_names.is_empty()).then(|| {
+            Arc::new(http::bootstrap_dns::BootstrapDns::new(
+                config.bootstrap_dns_names.clone(),
+            ))
+        });
+        let ctx = Arc::new(HttpContext {
+            relay: relay.clone(),
+            home: config.home.clone(),
+            derp_enabled: config.derp_enabled,
+            upgrade_response: relay.upgrade_response(),
+            bootstrap_dns: bootstrap_dns.clone(),
+            derp_map: config.derp_map.clone().map(|node| {
+                let pin = tls.as_ref().and_then(|t| t.cert_pin.clone());
+                Arc::new(derpmap::DerpMapSource::new(
+                    node,
+                    pin,
+                    relay.clone(),
+                    mesh.clone(),
+                ))
+            }),
+        });
+
         let mut http_addr = None;
         let mut loops = vec![AcceptLoop {
             listener: main,
@@ -244,6 +265,16 @@ impl Server {
             let c = cancel.clone();
             tasks.spawn(async move { dns.run(c).await });
         }
+        let mut quic_addr = None;
+        if let Some(addr) = config.quic_addr {
+            let Some(setup) = &tls else {
+                return Err(SpawnError::QuicWithoutTls);
+            };
+            let endpoint = quic::bind(addr, &setup.config, relay.secret())?;
+            quic_addr = endpoint.local_addr().ok();
+            let (relay, t, c) = (relay.clone(), tasks.clone(), cancel.clone());
+            tasks.spawn(quic::serve(endpoint, relay, t, c));
+        }
 
         for l in loops {
             let c = cancel.clone();
@@ -256,6 +287,7 @@ impl Server {
             main_addr,
             http_addr,
             stun_addrs,
+            quic_addr,
             tls,
             cancel,
             tasks,
@@ -297,6 +329,11 @@ impl ServerHandle {
     /// STUN socket addresses.
     pub fn stun_addrs(&self) -> &[SocketAddr] {
         &self.stun_addrs
+    }
+
+    /// The QUIC mesh listener's address, when `--quic-port` is set.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// The running mesh, when peers are configured.

@@ -213,6 +213,7 @@ mod tests {
             derp_enabled: true,
             upgrade_response: bytes::Bytes::new(),
             bootstrap_dns: None,
+            derp_map: None,
         });
         let metrics = relay.metrics().clone();
         let accept = relay.accept(

@@ -96,6 +96,9 @@ async fn run(config: derper::ServerConfig) -> anyhow::Result<()> {
     if let Some(http) = handle.http_addr() {
         tracing::info!(addr = %http, "plain HTTP listener (captive-portal checks, redirects)");
     }
+    if let Some(quic) = handle.quic_addr() {
+        tracing::info!(addr = %quic, "QUIC mesh listener (mesh peers only)");
+    }
     if let Some(tls) = handle.tls() {
         if let Some(pin) = &tls.cert_pin {
             tracing::info!(cert_name = %pin, "self-signed certificate; pin it in the DERP map");

@@ -61,6 +61,8 @@ pub mod names {
     pub const MESH_LINK_KEYS: &str = "derp_mesh_link_keys";
     /// `derp_mesh_link_queue_dropped_total`.
     pub const MESH_LINK_QUEUE_DROPPED_TOTAL: &str = "derp_mesh_link_queue_dropped_total";
+    /// `derp_mesh_quic_packets_total`.
+    pub const MESH_QUIC_PACKETS_TOTAL: &str = "derp_mesh_quic_packets_total";
     /// `derp_mesh_link_up`.
     pub const MESH_LINK_UP: &str = "derp_mesh_link_up";
     /// `derp_mesh_links`.
@@ -110,6 +112,12 @@ pub mod names {
     pub const TLS_LISTENER_ACCEPTED_CONNECTIONS: &str = "tls_listener_accepted_connections";
     /// `tls_listener_rejected_connections` (derper's name).
     pub const TLS_LISTENER_REJECTED_CONNECTIONS: &str = "tls_listener_rejected_connections";
+    /// `derp_quic_connections_total`.
+    pub const QUIC_CONNECTIONS_TOTAL: &str = "derp_quic_connections_total";
+    /// `derp_quic_datagrams_dropped_total`.
+    pub const QUIC_DATAGRAMS_DROPPED_TOTAL: &str = "derp_quic_datagrams_dropped_total";
+    /// `derp_quic_datagrams_received_total`.
+    pub const QUIC_DATAGRAMS_RECEIVED_TOTAL: &str = "derp_quic_datagrams_received_total";
     /// `derp_queue_delay_seconds`.
     pub const QUEUE_DELAY_SECONDS: &str = "derp_queue_delay_seconds";
     /// `derp_sent_pong_total`.
@@ -229,10 +237,12 @@ pub enum HandshakeFailure {
     Http,
     /// Admission (webhook, local tailscaled) refused the client.
     NotAdmitted,
+    /// A transport reserved for mesh peers (QUIC) was used without the mesh key.
+    NotMesh,
 }
 
 impl HandshakeFailure {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Timeout,
         Self::Io,
         Self::Protocol,
@@ -240,6 +250,7 @@ impl HandshakeFailure {
         Self::TooManyDups,
         Self::Http,
         Self::NotAdmitted,
+        Self::NotMesh,
     ];
 
     fn as_str(self) -> &'static str {
@@ -251,6 +262,67 @@ impl HandshakeFailure {
             Self::TooManyDups => "too_many_dups",
             Self::Http => "http",
             Self::NotAdmitted => "not_admitted",
+            Self::NotMesh => "not_mesh",
+        }
+    }
+}
+
+/// Why a QUIC mesh datagram was dropped before routing (label `reason` of
+/// `derp_quic_datagrams_dropped_total`). The discriminant indexes the handle array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DatagramDrop {
+    /// Arrived before the connection had logged in as a mesh peer.
+    BeforeHandshake,
+    /// Shorter than its header or an unknown tag.
+    Malformed,
+    /// The packet inside exceeds the 64 KiB DERP limit.
+    Oversized,
+}
+
+impl DatagramDrop {
+    const ALL: [Self; 3] = [Self::BeforeHandshake, Self::Malformed, Self::Oversized];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::BeforeHandshake => "before_handshake",
+            Self::Malformed => "malformed",
+            Self::Oversized => "oversized",
+        }
+    }
+}
+
+/// How one inbound QUIC connection ended up (label `result` of
+/// `derp_quic_connections_total`). The discriminant indexes the handle array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum QuicConnResult {
+    /// Logged in as a mesh peer and ran.
+    Mesh,
+    /// The QUIC/TLS handshake failed (wrong ALPN, bad certificate, timeout), or the DERP
+    /// stream could not be opened.
+    HandshakeFailed,
+    /// The DERP login failed or was refused (no or wrong mesh key); the reason is in
+    /// `derp_handshake_failures_total`.
+    Refused,
+    /// Refused at once: `defaults::QUIC_MAX_CONNECTIONS` were already open.
+    Limit,
+}
+
+impl QuicConnResult {
+    const ALL: [Self; 4] = [
+        Self::Mesh,
+        Self::HandshakeFailed,
+        Self::Refused,
+        Self::Limit,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Mesh => "mesh",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::Refused => "refused",
+            Self::Limit => "limit",
         }
     }
 }
@@ -310,7 +382,14 @@ pub struct Metrics {
     /// `derp_bytes_dropped_total{reason,kind}`.
     bytes_dropped: [[Counter; 2]; 8],
     /// `derp_handshake_failures_total{reason}`.
-    handshake_failures: [Counter; 7],
+    handshake_failures: [Counter; 8],
+    /// `derp_quic_connections_total{result}`: inbound QUIC connections, by outcome.
+    quic_connections: [Counter; 4],
+    /// `derp_quic_datagrams_received_total`: QUIC datagrams received from mesh peers and
+    /// routed (each is one forwarded packet).
+    pub quic_datagrams_received: Counter,
+    /// `derp_quic_datagrams_dropped_total{reason}`: QUIC datagrams dropped before routing.
+    quic_datagrams_dropped: [Counter; 3],
     /// `derp_peer_gone_frames_total{reason=disconnected}`.
     pub peer_gone_disconnected: Counter,
     /// `derp_peer_gone_frames_total{reason=not_here}`.
@@ -411,6 +490,11 @@ impl Metrics {
             }),
             handshake_failures: HandshakeFailure::ALL
                 .map(|r| counter!(names::HANDSHAKE_FAILURES_TOTAL, "reason" => r.as_str())),
+            quic_connections: QuicConnResult::ALL
+                .map(|r| counter!(names::QUIC_CONNECTIONS_TOTAL, "result" => r.as_str())),
+            quic_datagrams_received: counter!(names::QUIC_DATAGRAMS_RECEIVED_TOTAL),
+            quic_datagrams_dropped: DatagramDrop::ALL
+                .map(|r| counter!(names::QUIC_DATAGRAMS_DROPPED_TOTAL, "reason" => r.as_str())),
             peer_gone_disconnected: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "disconnected"),
             peer_gone_not_here: counter!(names::PEER_GONE_FRAMES_TOTAL, "reason" => "not_here"),
             control_dropped: counter!(names::CONTROL_DROPPED_TOTAL),
@@ -475,6 +559,16 @@ impl Metrics {
         self.mesh_dns_lookups[result as usize].increment(1);
     }
 
+    /// Counts one inbound QUIC connection's outcome.
+    pub fn quic_connection(&self, result: QuicConnResult) {
+        self.quic_connections[result as usize].increment(1);
+    }
+
+    /// Counts one QUIC datagram dropped before routing.
+    pub fn quic_datagram_dropped(&self, reason: DatagramDrop) {
+        self.quic_datagrams_dropped[reason as usize].increment(1);
+    }
+
     /// Counts one failed handshake.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
         self.handshake_failures[reason as usize].increment(1);
@@ -488,6 +582,18 @@ impl Default for Metrics {
 }
 
 fn describe() {
+    describe_counter!(
+        names::QUIC_CONNECTIONS_TOTAL,
+        "Inbound QUIC mesh connections, by outcome"
+    );
+    describe_counter!(
+        names::QUIC_DATAGRAMS_RECEIVED_TOTAL,
+        "QUIC datagrams (forwarded packets) received from mesh peers"
+    );
+    describe_counter!(
+        names::QUIC_DATAGRAMS_DROPPED_TOTAL,
+        "QUIC datagrams dropped before routing, by reason"
+    );
     describe_counter!(
         names::ACCEPTS_TOTAL,
         "DERP connections that completed the handshake"

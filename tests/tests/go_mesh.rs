@@ -13,8 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::mesh::{
-    MeshRegion, free_ports, mesh_entry, our_relay_config, start_go_derper_mesh, start_go_mesh,
-    wait_meshed,
+    MeshRegion, free_ports, mesh_entry, our_relay_config, quic_entry, start_go_derper_mesh,
+    start_go_mesh, wait_meshed,
 };
 use derp_proto::ServerToClient;
 use derp_proto::frame::PeerGoneReason;
@@ -137,4 +137,62 @@ async fn a_go_node_forwards_into_our_relay_over_its_mesh_link() {
     deliver(&mut on_go, &mut on_ours, &vec![7u8; 65_536]).await;
     assert!(!go.log().contains("x509"), "{}", go.log());
     ours.shutdown().await;
+}
+
+/// A mixed region: two of our relays linked to each other over QUIC (`quic://`, the only
+/// link between them, so every packet between their clients crosses it) and to a Tailscale
+/// derper over TLS; the Go node dials both of ours over TLS. Every pair of nodes forwards,
+/// both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_region_ours_over_quic_and_tls_to_go() {
+    let Some(bin) = common::tailscale_derper() else {
+        return;
+    };
+    let region = MeshRegion::new();
+    let [p0, p1, go_port] = free_ports(3)[..] else {
+        unreachable!()
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut ours = Vec::new();
+    for (port, dir) in [p0, p1].into_iter().zip(&dirs) {
+        let mut config = our_relay_config(&region, port, dir.path());
+        config.quic_addr = Some(([127, 0, 0, 1], port).into());
+        config.mesh.ca_file = Some(region.ca.ca_pem.clone());
+        config.mesh.peers = vec![quic_entry(p0), quic_entry(p1), mesh_entry(go_port)];
+        ours.push(
+            derper::Server::spawn(config)
+                .await
+                .expect("spawn our relay"),
+        );
+    }
+    let go = start_go_derper_mesh(
+        &bin,
+        &region,
+        go_port,
+        &[mesh_entry(go_port), mesh_entry(p0), mesh_entry(p1)],
+    )
+    .await;
+    let urls = [
+        common::mesh::node_url(p0),
+        common::mesh::node_url(p1),
+        go.url.clone(),
+    ];
+    let took = wait_meshed(&urls, &region.ca.verify(), Duration::from_secs(20)).await;
+    eprintln!("mixed region (QUIC between ours, TLS to Go) meshed in {took:?}");
+
+    let mut a = client(&urls[0], &region).await;
+    let mut b = client(&urls[1], &region).await;
+    let mut g = client(&urls[2], &region).await;
+    // 1 300 bytes fits a datagram; 65 536 does not and takes the QUIC stream.
+    for size in [1usize, 1_300, 65_536] {
+        let p = vec![0x3c; size];
+        deliver(&mut a, &mut b, &p).await;
+        deliver(&mut b, &mut a, &p).await;
+        deliver(&mut g, &mut a, &p).await;
+        deliver(&mut b, &mut g, &p).await;
+    }
+    assert!(!go.log().contains("x509"), "{}", go.log());
+    for node in ours {
+        node.shutdown().await;
+    }
 }

@@ -1,6 +1,8 @@
 //! Mesh faults with real processes: `kill -9` a node of a meshed region of our `derper`
 //! binaries (configured with the same flags an operator writes) and restart it; traffic
 //! between surviving clients never stops, and cross-node traffic resumes once the node is back.
+//! Runs over TCP (plain HTTP links) and over QUIC (`--quic-port`, `quic://` peers, TLS with a
+//! test CA passed as `--mesh-ca`).
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::mesh::{OurLink, OurRegion};
 use derp_proto::ServerToClient;
 use derp_proto::io::Client;
 
@@ -22,15 +25,30 @@ impl Drop for Node {
     }
 }
 
-fn start_node(bin: &Path, dir: &Path, name: &str, port: u16, peers: &str) -> Node {
-    let psk = dir.join("mesh.psk");
-    let child = Command::new(bin)
-        .args(["-a", &format!("127.0.0.1:{port}"), "--stun=false"])
+fn start_node(bin: &Path, net: &OurRegion, dir: &Path, name: &str, port: u16, peers: &str) -> Node {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-a", &format!("127.0.0.1:{port}"), "--stun=false"])
         .arg("-c")
         .arg(dir.join(format!("{name}.key")))
         .arg("--mesh-psk-file")
-        .arg(&psk)
-        .args(["--mesh-with", peers, "--mesh-allow-plain"])
+        .arg(&net.region.psk_file)
+        .args(["--mesh-with", peers]);
+    match net.link {
+        OurLink::Tcp => {
+            cmd.arg("--mesh-allow-plain");
+        }
+        OurLink::Quic => {
+            let certs = dir.join(format!("{name}-certs"));
+            net.region.ca.install_leaf(&certs);
+            cmd.args(["--certmode", "manual", "--hostname", common::mesh::HOSTNAME])
+                .args(["--http-port", "-1", "--quic-port", &port.to_string()])
+                .arg("--certdir")
+                .arg(&certs)
+                .arg("--mesh-ca")
+                .arg(&net.region.ca.ca_pem);
+        }
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -67,12 +85,21 @@ async fn until_delivered(from: &mut Client, to: &mut Client) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_and_restart_a_node() {
+async fn kill_9_and_restart_a_node_over_tcp() {
+    kill_9_and_restart_a_node(OurLink::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_a_node_over_quic() {
+    kill_9_and_restart_a_node(OurLink::Quic).await;
+}
+
+async fn kill_9_and_restart_a_node(link: OurLink) {
     let Some(bin) = common::our_derper() else {
         return;
     };
+    let net = OurRegion::new(link);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.psk"), "5a".repeat(32)).unwrap();
     let ports = [
         common::free_port(),
         common::free_port(),
@@ -80,17 +107,14 @@ async fn kill_9_and_restart_a_node() {
     ];
     let peers = ports
         .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/derp"))
+        .map(|p| net.entry(*p))
         .collect::<Vec<_>>()
         .join(",");
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/derp"))
-        .collect();
+    let urls: Vec<String> = ports.iter().map(|p| net.url(*p)).collect();
     let mut nodes: Vec<Node> = ["n0", "n1", "n2"]
         .iter()
         .zip(ports)
-        .map(|(name, port)| start_node(&bin, dir.path(), name, port, &peers))
+        .map(|(name, port)| start_node(&bin, &net, dir.path(), name, port, &peers))
         .collect();
     for p in ports {
         assert!(common::wait_for_port(p).await, "node on {p} did not start");
@@ -119,14 +143,14 @@ async fn kill_9_and_restart_a_node() {
     }
 
     // Restart it (same key file, same flags) and measure how soon cross-node traffic flows.
-    nodes[2] = start_node(&bin, dir.path(), "n2", ports[2], &peers);
+    nodes[2] = start_node(&bin, &net, dir.path(), "n2", ports[2], &peers);
     assert!(common::wait_for_port(ports[2]).await);
     let accepting = Instant::now();
     let mut c = common::connect(&urls[2]).await;
     let from_a = until_delivered(&mut a, &mut c).await;
     let to_b = until_delivered(&mut c, &mut b).await;
     eprintln!(
-        "restarted node: A→C flowed {:?} after it accepted connections; C→B after a further {to_b:?}",
+        "{link:?}: restarted node: A→C flowed {:?} after it accepted connections; C→B after a further {to_b:?}",
         accepting.elapsed() - to_b,
     );
     let _ = from_a;

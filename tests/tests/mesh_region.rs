@@ -1,7 +1,8 @@
 //! Our relays meshed into one region: clients homed on different nodes reach each other by
 //! one ForwardPacket hop; presence follows clients between nodes; PeerGone only when a key
 //! leaves the region; a broken link or a restarted node converges again; a wrong mesh key is
-//! refused and counted.
+//! refused and counted. The region behaviours run twice: our relays linked over TCP and over
+//! QUIC (`common::mesh::OurLink`).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::mesh::{OurLink, OurRegion};
 use derp_proto::frame::PeerGoneReason;
 use derp_proto::io::Client;
 use derp_proto::{MeshKey, NodeSecretKey, ServerToClient};
@@ -39,20 +41,42 @@ fn node_config(port: u16, peers: &[String], key: &MeshKey) -> ServerConfig {
 struct Region {
     nodes: Vec<ServerHandle>,
     urls: Vec<String>,
+    ports: Vec<u16>,
+    net: OurRegion,
 }
 
-async fn region(n: usize) -> Region {
+/// `n` relays, each linking to every node (itself included) over `link`.
+async fn region(link: OurLink, n: usize) -> Region {
+    let net = OurRegion::new(link);
     let ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/derp"))
-        .collect();
+    let urls: Vec<String> = ports.iter().map(|p| net.url(*p)).collect();
+    let peers: Vec<String> = ports.iter().map(|p| net.entry(*p)).collect();
     let mut nodes = Vec::new();
     for &port in &ports {
-        let config = node_config(port, &urls, &mesh_key());
+        let config = net.config(port, &peers, &net.region.mesh_key);
         nodes.push(Server::spawn(config).await.expect("spawn node"));
     }
-    Region { nodes, urls }
+    Region {
+        nodes,
+        urls,
+        ports,
+        net,
+    }
+}
+
+/// Two tests from one body: our relays linked over TCP, and over QUIC.
+macro_rules! over_tcp_and_quic {
+    ($body:ident: $tcp:ident, $quic:ident) => {
+        #[tokio::test]
+        async fn $tcp() {
+            $body(OurLink::Tcp).await;
+        }
+
+        #[tokio::test]
+        async fn $quic() {
+            $body(OurLink::Quic).await;
+        }
+    };
 }
 
 /// Sends from `from` to `to` every 20 ms until `to` receives one; returns how long it took.
@@ -107,14 +131,15 @@ async fn exchange(a: &mut Client, b: &mut Client) {
     }
 }
 
-#[tokio::test]
-async fn clients_on_three_nodes_talk_both_ways() {
-    let r = region(3).await;
+over_tcp_and_quic!(clients_on_three_nodes_talk_both_ways: three_nodes_over_tcp, three_nodes_over_quic);
+
+async fn clients_on_three_nodes_talk_both_ways(link: OurLink) {
+    let r = region(link, 3).await;
     let mut a = common::connect(&r.urls[0]).await;
     let mut b = common::connect(&r.urls[1]).await;
     let mut c = common::connect(&r.urls[2]).await;
     let t = until_delivered(&mut a, &mut b).await;
-    eprintln!("cross-node route A→B converged in {t:?}");
+    eprintln!("{link:?}: cross-node route A→B converged in {t:?}");
     until_delivered(&mut b, &mut c).await;
     until_delivered(&mut c, &mut a).await;
     exchange(&mut a, &mut b).await;
@@ -132,9 +157,10 @@ async fn clients_on_three_nodes_talk_both_ways() {
     }
 }
 
-#[tokio::test]
-async fn a_client_moving_between_nodes_is_never_gone_until_it_leaves() {
-    let r = region(3).await;
+over_tcp_and_quic!(a_client_moving_between_nodes_is_never_gone_until_it_leaves: moving_client_over_tcp, moving_client_over_quic);
+
+async fn a_client_moving_between_nodes_is_never_gone_until_it_leaves(link: OurLink) {
+    let r = region(link, 3).await;
     let mut a = common::connect(&r.urls[0]).await;
     let b_key = NodeSecretKey::generate();
     let connect_b = |url: &str| {
@@ -177,19 +203,18 @@ async fn a_client_moving_between_nodes_is_never_gone_until_it_leaves() {
     }
 }
 
-#[tokio::test]
-async fn a_restarted_node_carries_cross_node_traffic_again() {
-    let ports = [common::free_port(), common::free_port()];
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/derp"))
-        .collect();
-    let n0 = Server::spawn(node_config(ports[0], &urls, &mesh_key()))
-        .await
-        .unwrap();
-    let n1 = Server::spawn(node_config(ports[1], &urls, &mesh_key()))
-        .await
-        .unwrap();
+over_tcp_and_quic!(a_restarted_node_carries_cross_node_traffic_again: restarted_node_over_tcp, restarted_node_over_quic);
+
+async fn a_restarted_node_carries_cross_node_traffic_again(link: OurLink) {
+    let Region {
+        mut nodes,
+        urls,
+        ports,
+        net,
+    } = region(link, 2).await;
+    let n1 = nodes.pop().unwrap();
+    let n0 = nodes.pop().unwrap();
+    let peers: Vec<String> = ports.iter().map(|p| net.entry(*p)).collect();
     let mut a = common::connect(&urls[0]).await;
     let mut b = common::connect(&urls[1]).await;
     until_delivered(&mut a, &mut b).await;
@@ -197,33 +222,38 @@ async fn a_restarted_node_carries_cross_node_traffic_again() {
     // Node 1 goes away (its clients with it) and comes back on the same address.
     n1.shutdown().await;
     drop(b);
-    let n1 = Server::spawn(node_config(ports[1], &urls, &mesh_key()))
+    let n1 = Server::spawn(net.config(ports[1], &peers, &net.region.mesh_key))
         .await
         .unwrap();
     let restarted = Instant::now();
     let mut b = common::connect(&urls[1]).await;
     until_delivered(&mut a, &mut b).await;
     eprintln!(
-        "restarted node carried cross-node traffic {:?} after it accepted connections",
+        "{link:?}: restarted node carried cross-node traffic {:?} after it accepted connections",
         restarted.elapsed()
     );
     exchange(&mut a, &mut b).await;
     drop((n0, n1));
 }
 
-#[tokio::test]
-async fn a_wrong_mesh_key_is_refused_and_others_keep_talking() {
-    let r = region(2).await;
+over_tcp_and_quic!(a_wrong_mesh_key_is_refused_and_others_keep_talking: wrong_key_over_tcp, wrong_key_over_quic);
+
+async fn a_wrong_mesh_key_is_refused_and_others_keep_talking(link: OurLink) {
+    let r = region(link, 2).await;
     let mut a = common::connect(&r.urls[0]).await;
     let mut b = common::connect(&r.urls[1]).await;
     until_delivered(&mut a, &mut b).await;
 
     // An impostor with another key links to node 0 and is refused at the handshake.
     let wrong: MeshKey = "ff".repeat(32).parse().unwrap();
-    let impostor = Server::spawn(node_config(common::free_port(), &r.urls[..1], &wrong))
-        .await
-        .unwrap();
-    let mut x = common::connect(&impostor.derp_url()).await;
+    let impostor_port = common::free_port();
+    let _impostor = Server::spawn(
+        r.net
+            .config(impostor_port, &[r.net.entry(r.ports[0])], &wrong),
+    )
+    .await
+    .unwrap();
+    let mut x = common::connect(&r.net.url(impostor_port)).await;
     // The impostor never learns node 0's clients: x cannot reach a.
     let refused =
         tokio::time::timeout(Duration::from_millis(500), until_delivered(&mut x, &mut a)).await;

@@ -531,3 +531,77 @@ async fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_derp_map_lists_the_region_and_drops_a_draining_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("mesh.key");
+    std::fs::write(&psk, hex::encode([4u8; 32])).unwrap();
+    let peer_port = common::free_port();
+    let peer_url = format!("http://127.0.0.1:{peer_port}/derp");
+    let psk_arg = psk.to_str().unwrap();
+    let bin = common::our_derper().unwrap();
+    let _peer = DerperProcess::start(
+        &bin,
+        dir.path(),
+        "peer",
+        peer_port,
+        peer_url.clone(),
+        ServerVerify::Insecure,
+        &["--stun=false", "--mesh-psk-file", psk_arg].map(String::from),
+    )
+    .await;
+    let Some(relay) = start(
+        dir.path(),
+        "mapped",
+        &[
+            "--mesh-psk-file",
+            psk_arg,
+            "--mesh-allow-plain",
+            "--mesh-with",
+            &peer_url,
+            "--derp-map-region-id=900",
+            "--derp-map-region-code=lab",
+            "--derp-map-region-name=Lab",
+            "--derp-map-node-name=900a",
+            "--derp-map-ipv4=127.0.0.1",
+            "--drain-grace=10m",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let nodes = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["Regions"]["900"]["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let peer_name = format!("127.0.0.1:{peer_port}");
+    let both = common::eventually(|| async {
+        let (status, body) = http(relay.addr, "GET", "/derpmap").await;
+        status == 200 && nodes(&body) == [peer_name.clone(), "900a".to_string()]
+    })
+    .await;
+    let (_, body) = http(relay.addr, "GET", "/derpmap").await;
+    assert!(both, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let own = &v["Regions"]["900"]["Nodes"][1];
+    assert_eq!(own["IPv4"], "127.0.0.1");
+    assert_eq!(own["RegionID"], 900);
+    assert_eq!(v["Regions"]["900"]["RegionCode"], "lab");
+    // Draining (a client keeps the drain going): this relay leaves its own map; the peer stays.
+    let _client = client_with(&relay, &NodeSecretKey::generate())
+        .await
+        .unwrap();
+    assert_eq!(http(relay.metrics, "POST", "/admin/drain").await.0, 202);
+    let left = common::eventually(|| async {
+        nodes(&http(relay.addr, "GET", "/derpmap").await.1) == [peer_name.clone()]
+    })
+    .await;
+    assert!(left, "{}", http(relay.addr, "GET", "/derpmap").await.1);
+}

@@ -46,6 +46,10 @@ pub struct Cli {
     /// STUN listen address (`ip:port`); repeatable; overrides the -a host and --stun-port.
     #[arg(long = "stun-addr")]
     pub stun_addr: Vec<SocketAddr>,
+    /// UDP port of the QUIC mesh listener, bound to the host part of -a; off when not set.
+    /// Only mesh peers (with the mesh key) may use it; needs TLS.
+    #[arg(long)]
+    pub quic_port: Option<u16>,
     /// Run the DERP relay; false leaves STUN and probes up and answers /derp with 404.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = defaults::SERVE_DERP, default_missing_value = "true")]
     pub derp: bool,
@@ -154,6 +158,24 @@ pub struct Cli {
     /// Comma list of host names whose addresses /bootstrap-dns serves.
     #[arg(long)]
     pub bootstrap_dns_names: Option<String>,
+    /// Region ID for the live DERP map at /derpmap (served only when set).
+    #[arg(long)]
+    pub derp_map_region_id: Option<u32>,
+    /// Region code for /derpmap, e.g. `fra`.
+    #[arg(long)]
+    pub derp_map_region_code: Option<String>,
+    /// Region name for /derpmap, e.g. `Frankfurt`.
+    #[arg(long)]
+    pub derp_map_region_name: Option<String>,
+    /// This node's name in /derpmap (default: --hostname).
+    #[arg(long)]
+    pub derp_map_node_name: Option<String>,
+    /// This node's public IPv4 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv4: Option<String>,
+    /// This node's public IPv6 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv6: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = defaults::LOG_FORMAT)]
     pub log_format: String,
@@ -318,6 +340,9 @@ impl CommandLine {
         if !c.stun_addr.is_empty() {
             s.listen.stun_addrs = c.stun_addr.clone();
         }
+        if let Some(port) = c.quic_port {
+            s.listen.quic_port = Some(port);
+        }
         if let Some(addr) = c.metrics_addr {
             s.listen.metrics_addr = Some(addr);
         }
@@ -389,6 +414,20 @@ impl CommandLine {
         }
         if self.given("log_format") {
             s.server.log_format = c.log_format.clone();
+        }
+        if let Some(id) = c.derp_map_region_id {
+            s.derp_map.region_id = Some(id);
+        }
+        for (flag, key) in [
+            (&c.derp_map_region_code, &mut s.derp_map.region_code),
+            (&c.derp_map_region_name, &mut s.derp_map.region_name),
+            (&c.derp_map_node_name, &mut s.derp_map.node_name),
+            (&c.derp_map_ipv4, &mut s.derp_map.ipv4),
+            (&c.derp_map_ipv6, &mut s.derp_map.ipv6),
+        ] {
+            if let Some(v) = flag {
+                *key = v.clone();
+            }
         }
         if let Some(url) = &c.verify_client_url {
             s.admission.verify_client_url = Some(url.clone());

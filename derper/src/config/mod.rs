@@ -21,8 +21,8 @@ pub use self::cli::{Cli, CommandLine, normalize_go_flags};
 pub(crate) use self::duration::go_duration;
 pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
 pub use self::settings::{
-    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, RelaySettings, ServerSettings,
-    Settings, TlsSettings,
+    AdmissionSettings, DerpMapSettings, LimitsSettings, ListenSettings, MeshSettings,
+    RelaySettings, ServerSettings, Settings, TlsSettings,
 };
 use crate::defaults;
 use crate::http::HomePage;
@@ -124,6 +124,8 @@ pub struct ServerConfig {
     pub http_addr: Option<SocketAddr>,
     /// STUN listen addresses (empty: no STUN).
     pub stun_addrs: Vec<SocketAddr>,
+    /// QUIC mesh listener (UDP), serving the main listener's certificate; needs `tls`.
+    pub quic_addr: Option<SocketAddr>,
     /// Whether `/derp` is served.
     pub derp_enabled: bool,
     /// Home page behaviour.
@@ -150,6 +152,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Names `/bootstrap-dns` serves.
     pub bootstrap_dns_names: Vec<String>,
+    /// The live map's region and node (`/derpmap`); `None` when no region is configured.
+    pub derp_map: Option<crate::derpmap::NodeConfig>,
 }
 
 impl ServerConfig {
@@ -163,6 +167,7 @@ impl ServerConfig {
             tls: None,
             http_addr: None,
             stun_addrs: Vec::new(),
+            quic_addr: None,
             derp_enabled: defaults.server.derp,
             home: HomePage::Default,
             mesh_key: None,
@@ -176,6 +181,7 @@ impl ServerConfig {
             limits: defaults.limits,
             drain_grace: defaults.server.drain_grace,
             bootstrap_dns_names: Vec::new(),
+            derp_map: None,
         }
     }
 }
@@ -194,6 +200,7 @@ impl Settings {
             mesh,
             admission,
             limits,
+            derp_map,
         } = self;
         let addr = parse_listen(&listen.addr)?;
         let cert_mode = parse_cert_mode(&tls.certmode)?;
@@ -214,12 +221,43 @@ impl Settings {
         } else {
             vec![SocketAddr::new(addr.ip(), listen.stun_port)]
         };
+        let quic_addr = listen.quic_port.map(|p| SocketAddr::new(addr.ip(), p));
+        if quic_addr.is_some() && tls.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "listen.quic_port",
+                reason: "QUIC always uses TLS: --quic-port needs the main listener's TLS \
+                         (--certmode manual or port 443)"
+                    .into(),
+            });
+        }
         let key = match (server.key_file, dev) {
             (Some(p), _) => KeySource::File(p),
             (None, true) => KeySource::Ephemeral,
             (None, false) if is_root() => KeySource::File(PathBuf::from(defaults::ROOT_KEY_FILE)),
             (None, false) => return Err(ConfigError::MissingKeyFile),
         };
+        let derp_map_node = derp_map
+            .region_id
+            .map(|region_id| crate::derpmap::NodeConfig {
+                region_id,
+                region_code: derp_map.region_code.clone(),
+                region_name: derp_map.region_name.clone(),
+                node_name: if derp_map.node_name.is_empty() {
+                    tls.as_ref()
+                        .map_or_else(|| addr.ip().to_string(), |t| t.hostname.clone())
+                } else {
+                    derp_map.node_name.clone()
+                },
+                host_name: tls
+                    .as_ref()
+                    .map_or_else(|| addr.ip().to_string(), |t| t.hostname.clone()),
+                ipv4: derp_map.ipv4.clone(),
+                ipv6: derp_map.ipv6.clone(),
+                derp_port: addr.port(),
+                stun_port: if listen.stun { listen.stun_port } else { 0 },
+                plain: tls.is_none(),
+                can_port80: tls.is_some() && listen.http_port == 80,
+            });
         let mesh_key = match &mesh.psk_file {
             None => None,
             Some(path) => Some(read_mesh_key(path)?),
@@ -230,6 +268,7 @@ impl Settings {
             tls,
             http_addr,
             stun_addrs,
+            quic_addr,
             derp_enabled: server.derp,
             home: parse_home(&server.home)?,
             mesh_key,
@@ -243,6 +282,7 @@ impl Settings {
             limits,
             drain_grace: server.drain_grace,
             bootstrap_dns_names: server.bootstrap_dns_names,
+            derp_map: derp_map_node,
         })
     }
 }

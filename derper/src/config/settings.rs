@@ -32,6 +32,8 @@ pub struct Settings {
     pub admission: AdmissionSettings,
     /// `[limits]`: accept and per-client rate limits.
     pub limits: LimitsSettings,
+    /// `[derp_map]`: this relay's region and node, for the live map at `/derpmap`.
+    pub derp_map: DerpMapSettings,
 }
 
 /// `[server]`: identity and what the HTTP side serves.
@@ -88,6 +90,11 @@ pub struct ListenSettings {
     /// `--stun-addr`: STUN listen addresses; when not empty they replace `addr`'s host and
     /// `stun_port`.
     pub stun_addrs: Vec<SocketAddr>,
+    /// `--quic-port`: UDP port of the QUIC mesh listener, bound to the host part of `addr`;
+    /// off when unset. Needs TLS (it serves the main listener's certificate) and a mesh key
+    /// (only mesh peers may use it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic_port: Option<u16>,
     /// `--metrics-addr`: Prometheus listener; off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
@@ -111,6 +118,7 @@ impl Default for ListenSettings {
             stun: defaults::RUN_STUN,
             stun_port: defaults::STUN_PORT,
             stun_addrs: Vec::new(),
+            quic_port: None,
             metrics_addr: None,
             max_connections: None,
             tcp_keepalive_time: defaults::TCP_KEEPALIVE_TIME,
@@ -281,6 +289,12 @@ pub struct MeshSettings {
     pub write_timeout: Duration,
     /// Keys one link may announce; more are refused and counted.
     pub max_keys_per_link: usize,
+    /// How long an `auto://` link tries QUIC before dialling TCP/TLS instead.
+    #[serde(with = "go_duration")]
+    pub quic_fallback_after: Duration,
+    /// How often an `auto://` link running over TCP tries QUIC again.
+    #[serde(with = "go_duration")]
+    pub quic_retry_interval: Duration,
     /// `[[mesh.dns]]`: names re-resolved on an interval; every address found is a peer
     /// (a Kubernetes headless Service, or SRV records).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -302,6 +316,8 @@ impl Default for MeshSettings {
             reconnect_max: defaults::MESH_RECONNECT_MAX,
             write_timeout: defaults::MESH_WRITE_TIMEOUT,
             max_keys_per_link: defaults::MESH_MAX_KEYS_PER_LINK,
+            quic_fallback_after: defaults::MESH_QUIC_FALLBACK_AFTER,
+            quic_retry_interval: defaults::MESH_QUIC_RETRY_INTERVAL,
             dns: Vec::new(),
         }
     }
@@ -335,6 +351,8 @@ impl MeshSettings {
             ("mesh.connect_timeout", self.connect_timeout),
             ("mesh.reconnect_min", self.reconnect_min),
             ("mesh.write_timeout", self.write_timeout),
+            ("mesh.quic_fallback_after", self.quic_fallback_after),
+            ("mesh.quic_retry_interval", self.quic_retry_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
@@ -524,6 +542,68 @@ impl LimitsSettings {
     }
 }
 
+/// `[derp_map]`: how this relay describes its region and itself at `/derpmap` (served only
+/// when `region_id` is set). Peers are described from the mesh membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DerpMapSettings {
+    /// `--derp-map-region-id`: the region's ID (Tailscale's own use 1–899; 900+ is customary
+    /// for self-hosted ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_id: Option<u32>,
+    /// `--derp-map-region-code`: short code, e.g. `fra`.
+    pub region_code: String,
+    /// `--derp-map-region-name`: human name, e.g. `Frankfurt`.
+    pub region_name: String,
+    /// `--derp-map-node-name`: this node's name; default: `tls.hostname`.
+    pub node_name: String,
+    /// `--derp-map-ipv4`: the public IPv4 address clients dial.
+    pub ipv4: String,
+    /// `--derp-map-ipv6`: the public IPv6 address clients dial.
+    pub ipv6: String,
+}
+
+impl DerpMapSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = self.region_id.is_some();
+        if !set
+            && (!self.region_code.is_empty()
+                || !self.region_name.is_empty()
+                || !self.node_name.is_empty()
+                || !self.ipv4.is_empty()
+                || !self.ipv6.is_empty())
+        {
+            return Err(invalid(
+                "derp_map.region_id",
+                "must be set for the other derp_map keys to mean anything",
+            ));
+        }
+        if self.region_id == Some(0) {
+            return Err(invalid("derp_map.region_id", "must be at least 1"));
+        }
+        if !self.ipv4.is_empty() && self.ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv4",
+                format!("{:?} is not an IPv4 address", self.ipv4),
+            ));
+        }
+        if !self.ipv6.is_empty() && self.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv6",
+                format!("{:?} is not an IPv6 address", self.ipv6),
+            ));
+        }
+        if set && self.region_code.is_empty() {
+            return Err(invalid(
+                "derp_map.region_code",
+                "is required with derp_map.region_id",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Refuses contradictions and keys of features that are not built yet, naming the key.
     /// Reads no files: the mesh key is loaded by [`Settings::into_server_config`].
@@ -536,6 +616,18 @@ impl Settings {
             ));
         }
         super::parse_cert_mode(&self.tls.certmode)?;
+        if self.listen.quic_port == Some(0) {
+            return Err(invalid(
+                "listen.quic_port",
+                "must be a port number (1-65535)",
+            ));
+        }
+        if self.listen.quic_port.is_some() && self.mesh.psk_file.is_none() {
+            return Err(invalid(
+                "listen.quic_port",
+                "only mesh peers may use QUIC: --quic-port needs --mesh-psk-file (mesh.psk_file)",
+            ));
+        }
         super::parse_home(&self.server.home)?;
         if !matches!(self.server.log_format.as_str(), "text" | "json") {
             return Err(invalid(
@@ -554,7 +646,8 @@ impl Settings {
         self.relay.validate()?;
         self.mesh.validate()?;
         self.admission.validate()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        self.derp_map.validate()
     }
 
     /// The settings as a config file (TOML, the schema this module accepts).

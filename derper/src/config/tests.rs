@@ -122,6 +122,57 @@ fn mesh_with_needs_a_key_and_well_formed_peers() {
 }
 
 #[test]
+fn quic_port_needs_tls_and_a_mesh_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, "ab".repeat(32)).unwrap();
+    let psk_flag = format!("--mesh-psk-file={}", psk.display());
+    let err = cmd(&["-dev", "--quic-port=8443"])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`listen.quic_port`") && err.contains("--mesh-psk-file"),
+        "{err}"
+    );
+    let err = cmd(&["-dev", &psk_flag, "--quic-port=8443"])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`listen.quic_port`") && err.contains("TLS"),
+        "{err}"
+    );
+    let cfg = cmd(&[
+        "-a=127.0.0.1:8443",
+        "-c=/tmp/k",
+        "--certmode=manual",
+        "--hostname=127.0.0.1",
+        &psk_flag,
+        "--quic-port=8443",
+        "--mesh-with=quic://10.0.0.2:8443,auto://derp3.example.com",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(cfg.quic_addr, Some("127.0.0.1:8443".parse().unwrap()));
+    // The file spelling, and the auto-mode timings.
+    let s = settings_with_file(
+        "[listen]\nquic_port = 443\n[mesh]\nquic_fallback_after = \"2s\"\nquic_retry_interval = \"0s\"\n",
+        &[&psk_flag],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(s.contains("`mesh.quic_retry_interval`"), "{s}");
+    let err = settings_with_file("[listen]\nquic_port = 0\n", &[&psk_flag])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`listen.quic_port`"), "{err}");
+}
+
+#[test]
 fn unbuilt_features_are_refused() {
     let err = cmd(&["-dev", "-secrets-url=https://setec"])
         .unwrap()

@@ -41,6 +41,8 @@ pub(crate) struct HttpContext {
     pub(crate) upgrade_response: Bytes,
     /// `/bootstrap-dns`, when names are configured.
     pub(crate) bootstrap_dns: Option<Arc<bootstrap_dns::BootstrapDns>>,
+    /// `/derpmap`, when a region is configured.
+    pub(crate) derp_map: Option<Arc<crate::derpmap::DerpMapSource>>,
 }
 
 /// How the first request on a connection should be handled.
@@ -385,6 +387,12 @@ async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<Http
                 && let Some(dns) = &ctx.bootstrap_dns
             {
                 return Ok(routes::json(dns.answer(req.uri().query())));
+            }
+            if listener == Listener::Main
+                && req.uri().path() == "/derpmap"
+                && let Some(map) = &ctx.derp_map
+            {
+                return Ok(routes::json(map.json()));
             }
             routes::service(req, listener, &ctx.home, ctx.derp_enabled).await
         }

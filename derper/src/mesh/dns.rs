@@ -63,7 +63,8 @@ pub struct DnsSource {
     #[serde(default = "default_timeout", with = "go_duration")]
     pub timeout: Duration,
     /// How links reach the peers found: scheme, TLS name, path and optional
-    /// `#sha256-raw:<hex>` pin, in `--mesh-with` URL form. The address and port come from DNS.
+    /// `#sha256-raw:<hex>` pin, in `--mesh-with` URL form (`quic://name` or `auto://name` for
+    /// QUIC links to our relays). The address and port come from DNS.
     /// Default: `https://<name>/derp` (a headless Service's pods usually share one certificate
     /// for a public name: set that name here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,6 +576,24 @@ mod tests {
         let printed = toml::to_string(&mesh).unwrap();
         let again: Mesh = toml::from_str(&printed).unwrap();
         assert_eq!(again.dns, mesh.dns, "{printed}");
+    }
+
+    #[test]
+    fn quic_peer_urls_carry_over_to_every_address_found() {
+        let mut source = DnsSource::new("derp.example.com.", RecordKind::Addresses { port: 8443 });
+        source.peer_url = Some("quic://derp.example.com".into());
+        source.validate().unwrap();
+        let template = source.peer_template().unwrap();
+        assert_eq!(template.transport, super::super::LinkTransport::Quic);
+        let at = template.at("10.0.0.7:8443".parse().unwrap());
+        assert_eq!(at.transport, super::super::LinkTransport::Quic);
+        assert_eq!(
+            at.dial,
+            Some(super::super::DialTarget::Addr(
+                "10.0.0.7:8443".parse().unwrap()
+            ))
+        );
+        assert_eq!(at.url, "https://derp.example.com/derp");
     }
 
     #[test]

@@ -195,7 +195,7 @@ mod tests {
             LinkId(1),
             max_packets,
             max_bytes,
-            LinkMetrics::new("test"),
+            LinkMetrics::new("test", crate::mesh::LinkTransport::Tcp),
             Arc::new(Metrics::new()),
         )
     }

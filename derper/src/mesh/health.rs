@@ -25,6 +25,11 @@ impl Unreachable {
         changed.then(|| self.text())
     }
 
+    /// The peers currently unreachable.
+    pub(crate) fn names(&self) -> BTreeSet<String> {
+        self.peers.clone()
+    }
+
     fn text(&self) -> Option<String> {
         if self.peers.is_empty() {
             return None;

@@ -8,6 +8,13 @@
 //! broken ─► WatchSet::disconnected (MeshConnBroke) + Relay::remove_link ─► backoff ─► connect
 //! ```
 //!
+//! Transports: TCP (TLS or plain HTTP upgrade, any relay) or QUIC to our own relays
+//! (`quic://`): the same login, WatchConns and presence on a QUIC stream, packets as QUIC
+//! datagrams (ForwardPacket frames on the stream for packets above the datagram limit). An
+//! `auto://` link dials QUIC first, falls back to TCP when QUIC does not come up within
+//! `quic_fallback_after`, and while on TCP tries QUIC every `quic_retry_interval`, moving back
+//! to it as soon as it answers ([`AutoTransport`]).
+//!
 //! The peer relay is watched exactly as Tailscale's `RunWatchConnectionLoop` does (a broken
 //! connection withdraws every route; the next connection's PeerPresent flood restores those
 //! still there), with [`WatchSet`] doing the deduplication Go leaves to its callers.
@@ -19,16 +26,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use derp_proto::backoff::{Backoff, BackoffConfig};
+use derp_proto::datagram::{self, FORWARD_HEADER_LEN};
 use derp_proto::io::tls::ServerVerify;
-use derp_proto::io::{Client, ClientError, ClientReader, ClientWriter, ConnectOptions};
+use derp_proto::io::{
+    Client, ClientError, ClientReader, ClientWriter, ConnectOptions, HandshakeOptions,
+};
 use derp_proto::mesh::{ReconnectPolicy, WatchAction, WatchSet};
 use derp_proto::{ClientToServer, MeshKey, NodeSecretKey, ServerToClient};
 use tokio_util::sync::CancellationToken;
 
+use super::auto::AutoTransport;
 use super::forwarder::{Forwarded, LinkForwarder};
-use super::metrics::{LinkMetrics, MeshMetrics};
-use super::target::{DialTarget, PeerTarget};
+use super::metrics::{LinkMetrics, MeshMetrics, TransportMetrics};
+use super::target::{DialTarget, LinkTransport, PeerTarget};
 use crate::relay::{ForwarderHandle, LinkId, Relay};
 
 /// Tunables of every link, from `[mesh]`.
@@ -48,6 +60,10 @@ pub(crate) struct LinkSettings {
     pub(crate) backoff: BackoffConfig,
     /// Keys one link may announce.
     pub(crate) max_keys: usize,
+    /// Budget of an `auto://` link's QUIC attempt before it dials TCP.
+    pub(crate) quic_fallback_after: Duration,
+    /// How often an `auto://` link on TCP tries QUIC again.
+    pub(crate) quic_retry_interval: Duration,
 }
 
 /// What every link shares: the relay, identity, and TLS policy.
@@ -62,6 +78,8 @@ pub(crate) struct LinkContext {
     pub(crate) metrics: MeshMetrics,
     /// Peers this relay cannot reach, reported to clients as a Health problem.
     pub(crate) unreachable: std::sync::Mutex<super::health::Unreachable>,
+    /// The QUIC client endpoints every `quic://` and `auto://` link shares.
+    pub(crate) quic: crate::quic::QuicDialer,
 }
 
 impl LinkContext {
@@ -92,6 +110,27 @@ enum SessionEnd {
     WriteTimeout(Duration),
     #[error("peer relay silent for {0:?}")]
     Silent(Duration),
+    #[error("datagram: {0}")]
+    Datagram(#[source] quinn::SendDatagramError),
+    #[error("QUIC answers again; moving the link back to it")]
+    QuicAgain(Box<Connected>),
+}
+
+/// One established connection of a link.
+struct Connected {
+    client: Client,
+    /// `Tcp` or `Quic` (never `Auto`).
+    transport: LinkTransport,
+    /// The QUIC connection whose datagrams carry packets, for a QUIC link.
+    quic: Option<quinn::Connection>,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a link task ended.
@@ -110,7 +149,7 @@ pub(crate) async fn run(
     target: PeerTarget,
     cancel: CancellationToken,
 ) -> LinkExit {
-    let metrics = LinkMetrics::new(&target.name);
+    let metrics = LinkMetrics::new(&target.name, target.transport);
     let fwd = Arc::new(LinkForwarder::new(
         id,
         ctx.settings.queue_packets,
@@ -146,11 +185,21 @@ impl Link {
     async fn run(&mut self, cancel: &CancellationToken) -> LinkExit {
         let mut backoff = Backoff::new(self.ctx.settings.backoff);
         let mut failures: u32 = 0;
+        let mut auto = AutoTransport::new(self.ctx.settings.quic_retry_interval);
+        // A connection made while the previous one still ran (QUIC answering again).
+        let mut ready: Option<Connected> = None;
         loop {
-            let connected = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return LinkExit::Cancelled,
-                r = self.connect() => r,
+            let transport = match self.target.transport {
+                LinkTransport::Auto => auto.choose(Instant::now()),
+                t => t,
+            };
+            let connected = match ready.take() {
+                Some(c) => Ok(c),
+                None => tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return LinkExit::Cancelled,
+                    r = connect(&self.ctx, &self.target, transport) => r,
+                },
             };
             match connected {
                 Err(ClientError::RefusedServerKey(_)) => {
@@ -158,9 +207,22 @@ impl Link {
                     tracing::info!(peer = %self.target, "mesh target is this relay; not meshing with it");
                     return LinkExit::SelfConnect;
                 }
+                Err(e)
+                    if self.target.transport == LinkTransport::Auto
+                        && transport == LinkTransport::Quic =>
+                {
+                    // UDP may be blocked: dial TCP at once, and QUIC again later.
+                    self.metrics.quic.connects_failed.increment(1);
+                    auto.quic_failed(Instant::now());
+                    tracing::info!(peer = %self.target, error = %e, retry_in = ?self.ctx.settings.quic_retry_interval, "QUIC did not come up; mesh link falls back to TCP");
+                    continue;
+                }
                 Err(e) => {
                     failures += 1;
-                    self.metrics.connects_failed.increment(1);
+                    self.metrics
+                        .transport(transport)
+                        .connects_failed
+                        .increment(1);
                     // The first failure of a streak, then every 30th, so a peer that is down
                     // for an hour logs a handful of lines, not thousands.
                     if failures == 1 || failures.is_multiple_of(30) {
@@ -170,26 +232,39 @@ impl Link {
                         self.ctx.note_reachable(&self.target.name, false);
                     }
                 }
-                Ok(client) => {
+                Ok(connected) => {
                     failures = 0;
                     self.ctx.note_reachable(&self.target.name, true);
-                    self.metrics.connects_ok.increment(1);
+                    let transport = connected.transport;
+                    if transport == LinkTransport::Quic {
+                        auto.quic_up();
+                    }
+                    let m = self.metrics.transport(transport).clone();
+                    m.connects_ok.increment(1);
                     backoff.connected(Instant::now());
-                    let server = client.server_key();
-                    tracing::info!(peer = %self.target, server_key = %server.short(), "mesh link up");
+                    let server = connected.client.server_key();
+                    tracing::info!(peer = %self.target, server_key = %server.short(), transport = transport.as_str(), "mesh link up");
                     let name: Arc<str> = self.target.name.as_str().into();
                     self.ctx.relay.name_mesh_peer(server, Some(name));
-                    self.metrics.up.set(1.0);
+                    m.up.set(1.0);
                     self.ctx.metrics.links_up.increment(1.0);
-                    let end = self.session(client, cancel).await;
-                    self.metrics.up.set(0.0);
+                    let probe_at = auto.probe_at().filter(|_| transport == LinkTransport::Tcp);
+                    let end = self.session(connected, probe_at, cancel).await;
+                    m.up.set(0.0);
                     self.ctx.metrics.links_up.decrement(1.0);
                     let withdrawn = self.withdraw_all();
                     self.ctx.relay.name_mesh_peer(server, None);
-                    if matches!(end, SessionEnd::Cancelled) {
-                        return LinkExit::Cancelled;
+                    match end {
+                        SessionEnd::Cancelled => return LinkExit::Cancelled,
+                        SessionEnd::QuicAgain(quic) => {
+                            tracing::info!(peer = %self.target, withdrawn, "QUIC answers again; mesh link moves back to it");
+                            ready = Some(*quic);
+                            continue;
+                        }
+                        end => {
+                            tracing::info!(peer = %self.target, server_key = %server.short(), withdrawn, reason = %end, "mesh link down; reconnecting");
+                        }
                     }
-                    tracing::info!(peer = %self.target, server_key = %server.short(), withdrawn, reason = %end, "mesh link down; reconnecting");
                 }
             }
             let delay = backoff.next_delay(Instant::now(), &mut rand::thread_rng());
@@ -201,29 +276,19 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<Client, ClientError> {
-        let s = &self.ctx.settings;
-        let mut opts = ConnectOptions::new(self.target.url.clone(), self.ctx.secret.clone())
-            .with_mesh_key(self.ctx.mesh_key.clone());
-        opts.connect_timeout = s.connect_timeout;
-        // Detect ourselves by server key before logging in (our own server refuses its own
-        // key as a client's).
-        opts.refuse_server_key = Some(self.ctx.relay.public_key());
-        opts.verify = match self.target.pin {
-            Some(pin) => ServerVerify::Pin(pin),
-            None => self.ctx.verify.clone(),
-        };
-        opts.dial_addr = match &self.target.dial {
-            None => None,
-            Some(DialTarget::Addr(a)) => Some(*a),
-            Some(DialTarget::Host(h)) => Some(resolve(h, self.target.host_port().1).await?),
-        };
-        Client::connect(&opts).await
-    }
-
     /// Runs one connection: WatchConns, then reading presence and writing forwarded packets
     /// until either side fails or the link is cancelled.
-    async fn session(&mut self, client: Client, cancel: &CancellationToken) -> SessionEnd {
+    async fn session(
+        &mut self,
+        connected: Connected,
+        probe_quic_at: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> SessionEnd {
+        let Connected {
+            client,
+            transport,
+            quic,
+        } = connected;
         let (mut reader, mut writer) = client.split();
         writer.queue(&ClientToServer::WatchConns);
         if let Err(e) = self.flush(&mut writer).await {
@@ -238,11 +303,17 @@ impl Link {
             self.ctx.settings.write_timeout,
             self.ctx.settings.ping_interval,
         );
+        let datagrams = quic
+            .as_ref()
+            .map(|c| (c, self.metrics.transport(transport).clone()));
+        let (ctx, target) = (self.ctx.clone(), self.target.clone());
+        let probe = probe_quic(&ctx, &target, probe_quic_at);
         let end = tokio::select! {
             biased;
             _ = cancel.cancelled() => SessionEnd::Cancelled,
-            e = write_loop(&fwd, &mut writer, write_timeout) => e,
+            e = write_loop(&fwd, &mut writer, write_timeout, datagrams) => e,
             e = self.read_loop(&mut reader, ping_interval) => e,
+            c = probe => SessionEnd::QuicAgain(Box::new(c)),
         };
         self.fwd.set_down();
         end
@@ -332,11 +403,108 @@ impl Link {
     }
 }
 
-/// Drains the link's queue into ForwardPacket frames until the connection fails.
+/// Connects to `target` over `transport` (`Tcp` or `Quic`) and logs in.
+async fn connect(
+    ctx: &LinkContext,
+    target: &PeerTarget,
+    transport: LinkTransport,
+) -> Result<Connected, ClientError> {
+    let s = &ctx.settings;
+    let verify = match target.pin {
+        Some(pin) => ServerVerify::Pin(pin),
+        None => ctx.verify.clone(),
+    };
+    let dial_addr = match &target.dial {
+        None => None,
+        Some(DialTarget::Addr(a)) => Some(*a),
+        Some(DialTarget::Host(h)) => Some(resolve(h, target.host_port().1).await?),
+    };
+    if transport == LinkTransport::Tcp {
+        let mut opts = ConnectOptions::new(target.url.clone(), ctx.secret.clone())
+            .with_mesh_key(ctx.mesh_key.clone());
+        opts.connect_timeout = s.connect_timeout;
+        // Detect ourselves by server key before logging in (our own server refuses its own
+        // key as a client's).
+        opts.refuse_server_key = Some(ctx.relay.public_key());
+        opts.verify = verify;
+        opts.dial_addr = dial_addr;
+        let client = Client::connect(&opts).await?;
+        return Ok(Connected {
+            client,
+            transport,
+            quic: None,
+        });
+    }
+    let (host, port) = target.host_port();
+    let addr = match dial_addr {
+        Some(a) => a,
+        None => resolve(&host, port).await?,
+    };
+    let mut opts = HandshakeOptions::new().with_mesh_key(ctx.mesh_key.clone());
+    opts.refuse_server_key = Some(ctx.relay.public_key());
+    let timeout = match target.transport {
+        LinkTransport::Auto => s.quic_fallback_after,
+        _ => s.connect_timeout,
+    };
+    let quic = ctx
+        .quic
+        .connect(addr, &host, verify, &ctx.secret, &opts, timeout)
+        .await?;
+    Ok(Connected {
+        client: quic.client,
+        transport: LinkTransport::Quic,
+        quic: Some(quic.conn),
+    })
+}
+
+/// For an `auto://` link on TCP: from `at`, tries QUIC every retry interval and returns the
+/// first QUIC connection that logs in. Never returns without `at`.
+async fn probe_quic(ctx: &LinkContext, target: &PeerTarget, at: Option<Instant>) -> Connected {
+    let Some(mut at) = at else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep_until(at.into()).await;
+        match connect(ctx, target, LinkTransport::Quic).await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::debug!(peer = %target, error = %e, "QUIC still does not answer");
+                at = Instant::now() + ctx.settings.quic_retry_interval;
+            }
+        }
+    }
+}
+
+/// Sends one packet as a QUIC datagram if it fits; `Ok(false)` if it must go on the stream.
+async fn send_datagram(
+    conn: &quinn::Connection,
+    f: &Forwarded,
+    timeout: Duration,
+) -> Result<bool, SessionEnd> {
+    let len = FORWARD_HEADER_LEN + f.packet.len();
+    if conn.max_datagram_size().is_none_or(|max| len > max) {
+        return Ok(false);
+    }
+    let mut d = BytesMut::with_capacity(len);
+    datagram::encode_forward(&mut d, &f.src, &f.dst, &f.packet);
+    // Waits while quinn's (small, bounded) datagram buffer is full: congestion backs up into
+    // the link's own queue, which head-drops and counts; local delivery never waits.
+    match tokio::time::timeout(timeout, conn.send_datagram_wait(d.freeze())).await {
+        Ok(Ok(())) => Ok(true),
+        // The path MTU shrank under us: this one goes on the stream.
+        Ok(Err(quinn::SendDatagramError::TooLarge)) => Ok(false),
+        Ok(Err(e)) => Err(SessionEnd::Datagram(e)),
+        Err(_) => Err(SessionEnd::WriteTimeout(timeout)),
+    }
+}
+
+/// Drains the link's queue until the connection fails: into ForwardPacket frames, or for a
+/// QUIC link into datagrams (frames only for packets above the datagram limit).
 async fn write_loop(
     fwd: &LinkForwarder,
     writer: &mut ClientWriter,
     write_timeout: Duration,
+    datagrams: Option<(&quinn::Connection, TransportMetrics)>,
 ) -> SessionEnd {
     /// Flush once this much is encoded, so one batch never builds an unbounded buffer.
     const FLUSH_AT: usize = 256 * 1024;
@@ -356,9 +524,20 @@ async fn write_loop(
                 writer.queue(&ClientToServer::Ping(rand::random()));
             }
             let (mut packets, mut bytes) = (0u64, 0u64);
-            for Forwarded { src, dst, packet } in batch.packets.drain(..) {
+            for f in batch.packets.drain(..) {
                 packets += 1;
-                bytes += packet.len() as u64;
+                bytes += f.packet.len() as u64;
+                if let Some((conn, m)) = &datagrams {
+                    match send_datagram(conn, &f, write_timeout).await {
+                        Ok(true) => {
+                            m.datagrams.increment(1);
+                            continue;
+                        }
+                        Ok(false) => m.stream_fallback.increment(1),
+                        Err(e) => return e,
+                    }
+                }
+                let Forwarded { src, dst, packet } = f;
                 writer.queue(&ClientToServer::ForwardPacket { src, dst, packet });
                 if writer.pending() >= FLUSH_AT
                     && let Err(e) = flush(writer, write_timeout).await

@@ -3,17 +3,67 @@
 
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
 
+use super::target::LinkTransport;
 use crate::metrics::names;
+
+/// Handles of one link for one transport it dials (label `transport`: `tcp` or `quic`; an
+/// `auto://` link has both).
+#[derive(Debug, Clone)]
+pub(crate) struct TransportMetrics {
+    /// `derp_mesh_link_up{peer,transport}`: 1 while connected over this transport.
+    pub(crate) up: Gauge,
+    /// `derp_mesh_connects_total{peer,transport,result="ok"}`.
+    pub(crate) connects_ok: Counter,
+    /// `derp_mesh_connects_total{peer,transport,result="error"}`.
+    pub(crate) connects_failed: Counter,
+    /// `derp_mesh_quic_packets_total{peer,path="datagram"}`: packets sent as QUIC datagrams.
+    pub(crate) datagrams: Counter,
+    /// `derp_mesh_quic_packets_total{peer,path="stream"}`: packets too large for a datagram,
+    /// sent as ForwardPacket frames on the QUIC stream instead.
+    pub(crate) stream_fallback: Counter,
+}
+
+impl TransportMetrics {
+    fn new(peer: &str, transport: LinkTransport) -> Self {
+        let (p, t) = (peer.to_string(), transport.as_str());
+        let quic = transport == LinkTransport::Quic;
+        Self {
+            up: gauge!(names::MESH_LINK_UP, "peer" => p.clone(), "transport" => t),
+            connects_ok: counter!(names::MESH_CONNECTS_TOTAL, "peer" => p.clone(), "transport" => t, "result" => "ok"),
+            connects_failed: counter!(names::MESH_CONNECTS_TOTAL, "peer" => p.clone(), "transport" => t, "result" => "error"),
+            datagrams: if quic {
+                counter!(names::MESH_QUIC_PACKETS_TOTAL, "peer" => p.clone(), "path" => "datagram")
+            } else {
+                Counter::noop()
+            },
+            stream_fallback: if quic {
+                counter!(names::MESH_QUIC_PACKETS_TOTAL, "peer" => p, "path" => "stream")
+            } else {
+                Counter::noop()
+            },
+        }
+    }
+
+    /// Handles that record nothing, for a transport the link never dials (so no series of
+    /// zeros appears for it).
+    fn unused() -> Self {
+        Self {
+            up: Gauge::noop(),
+            connects_ok: Counter::noop(),
+            connects_failed: Counter::noop(),
+            datagrams: Counter::noop(),
+            stream_fallback: Counter::noop(),
+        }
+    }
+}
 
 /// Handles of one link, labelled with its peer's name.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkMetrics {
-    /// `derp_mesh_link_up{peer}`: 1 while connected.
-    pub(crate) up: Gauge,
-    /// `derp_mesh_connects_total{peer,result="ok"}`.
-    pub(crate) connects_ok: Counter,
-    /// `derp_mesh_connects_total{peer,result="error"}`.
-    pub(crate) connects_failed: Counter,
+    /// Over TCP (TLS or plain).
+    pub(crate) tcp: TransportMetrics,
+    /// Over QUIC.
+    pub(crate) quic: TransportMetrics,
     /// `derp_mesh_forwarded_packets_total{peer,direction="out"}`.
     pub(crate) packets_out: Counter,
     /// `derp_mesh_forwarded_bytes_total{peer,direction="out"}`.
@@ -29,13 +79,29 @@ pub(crate) struct LinkMetrics {
 }
 
 impl LinkMetrics {
-    pub(crate) fn new(peer: &str) -> Self {
+    /// The handles of one transport (`Auto` is never connected as such; it reads as QUIC).
+    pub(crate) fn transport(&self, t: LinkTransport) -> &TransportMetrics {
+        match t {
+            LinkTransport::Tcp => &self.tcp,
+            LinkTransport::Quic | LinkTransport::Auto => &self.quic,
+        }
+    }
+
+    /// Handles for a link to `peer` that dials over `transport`.
+    pub(crate) fn new(peer: &str, transport: LinkTransport) -> Self {
         describe();
         let p = peer.to_string();
+        let uses = |t: LinkTransport| transport == t || transport == LinkTransport::Auto;
+        let for_transport = |t: LinkTransport| {
+            if uses(t) {
+                TransportMetrics::new(peer, t)
+            } else {
+                TransportMetrics::unused()
+            }
+        };
         Self {
-            up: gauge!(names::MESH_LINK_UP, "peer" => p.clone()),
-            connects_ok: counter!(names::MESH_CONNECTS_TOTAL, "peer" => p.clone(), "result" => "ok"),
-            connects_failed: counter!(names::MESH_CONNECTS_TOTAL, "peer" => p.clone(), "result" => "error"),
+            tcp: for_transport(LinkTransport::Tcp),
+            quic: for_transport(LinkTransport::Quic),
             packets_out: counter!(names::MESH_FORWARDED_PACKETS_TOTAL, "peer" => p.clone(), "direction" => "out"),
             bytes_out: counter!(names::MESH_FORWARDED_BYTES_TOTAL, "peer" => p.clone(), "direction" => "out"),
             queue_dropped: counter!(names::MESH_LINK_QUEUE_DROPPED_TOTAL, "peer" => p.clone()),
@@ -94,6 +160,10 @@ fn describe() {
         names::MESH_FORWARDED_BYTES_TOTAL,
         Unit::Bytes,
         "Packet bytes forwarded between relays of the region, by peer and direction"
+    );
+    describe_counter!(
+        names::MESH_QUIC_PACKETS_TOTAL,
+        "Packets a QUIC mesh link sent, by path (datagram, or the stream when too large)"
     );
     describe_counter!(
         names::MESH_LINK_QUEUE_DROPPED_TOTAL,

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod membership;
 pub mod target;
 
+mod auto;
 mod forwarder;
 mod health;
 mod link;
@@ -41,7 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use self::link::{LinkContext, LinkExit, LinkSettings};
 use self::metrics::MeshMetrics;
-pub use self::target::{DialTarget, PeerTarget, TargetError};
+pub use self::target::{DialTarget, LinkTransport, PeerTarget, TargetError};
 use crate::config::MeshSettings;
 use crate::relay::{LinkId, Relay};
 
@@ -151,9 +152,12 @@ impl Mesh {
                 connect_timeout: settings.connect_timeout,
                 backoff: reconnect_backoff(settings),
                 max_keys: settings.max_keys_per_link,
+                quic_fallback_after: settings.quic_fallback_after,
+                quic_retry_interval: settings.quic_retry_interval,
             },
             metrics: MeshMetrics::new(),
             unreachable: Default::default(),
+            quic: Default::default(),
         });
         let metrics = ctx.relay.metrics().clone();
         let mut links = Links {
@@ -231,6 +235,24 @@ impl Mesh {
     /// Targets with a link (including ones found to be this relay).
     pub fn targets(&self) -> Vec<PeerTarget> {
         self.lock().links.keys().cloned().collect()
+    }
+
+    /// The region's other relays as this one sees them: each target that is not this relay,
+    /// and whether it is reachable (false after repeated failed connects).
+    pub fn peers(&self) -> Vec<(PeerTarget, bool)> {
+        let links = self.lock();
+        let unreachable = links
+            .ctx
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names();
+        links
+            .links
+            .iter()
+            .filter(|(_, r)| !r.is_self.load(Ordering::Relaxed))
+            .map(|(t, _)| (t.clone(), !unreachable.contains(&t.name)))
+            .collect()
     }
 
     /// Targets found to be this relay (their links stopped after the first connect).

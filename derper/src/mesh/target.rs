@@ -7,7 +7,13 @@
 //! https://derp2.example.com:8443/derp    as written
 //! http://10.0.0.7:3340/derp              plain HTTP (needs the explicit plain opt-in)
 //! derp2.example.com#sha256-raw:<hex>     verify by certificate pin instead of roots
+//! quic://derp2.example.com:8443          QUIC to UDP 8443 (our relays' `--quic-port`)
+//! auto://derp2.example.com:443           QUIC to UDP 443, else https://…:443/derp over TCP
 //! ```
+//!
+//! `quic://` and `auto://` name one of our relays: the TLS name is the host, as for https.
+//! `auto://` uses the same port number for both transports (as HTTP/3 does beside HTTPS), so a
+//! relay serving `-a :443 --quic-port 443` is reachable either way.
 //!
 //! The first two forms are Tailscale's (`cmd/derper/mesh.go`): the host is used for the URL,
 //! SNI and certificate verification, and the optional second part is only where to connect.
@@ -28,11 +34,34 @@ pub struct TargetError {
     pub why: String,
 }
 
+/// How a link reaches its peer relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum LinkTransport {
+    /// DERP over TCP (TLS unless the URL is plain http): every relay speaks it.
+    #[default]
+    Tcp,
+    /// DERP login and presence on a QUIC stream, packets as QUIC datagrams (our relays only).
+    Quic,
+    /// QUIC, falling back to TCP/TLS when QUIC does not answer in time, and back again.
+    Auto,
+}
+
+impl LinkTransport {
+    /// The `transport` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Quic => "quic",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 /// One relay of the region to keep a mesh link to.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerTarget {
     /// Name for logs and the `peer` metric label: the host (and port) as written, plus the
-    /// dial address when it differs.
+    /// dial address when it differs; `quic://` and `auto://` entries keep their scheme.
     pub name: String,
     /// `http(s)://host[:port]/path`, the URL the link upgrades (its host is the TLS name).
     pub url: String,
@@ -40,6 +69,8 @@ pub struct PeerTarget {
     pub dial: Option<DialTarget>,
     /// Verify the peer's certificate by this SHA-256 pin (`sha256-raw:`) instead of roots.
     pub pin: Option<[u8; 32]>,
+    /// TCP, QUIC (at the URL's port, over UDP) or both.
+    pub transport: LinkTransport,
 }
 
 /// Where a link connects when it is not the URL's host.
@@ -82,10 +113,28 @@ impl PeerTarget {
             None => (trimmed, None),
         };
         if let Some((scheme, rest)) = body.split_once("://") {
+            let transport = match scheme {
+                "quic" => Some(LinkTransport::Quic),
+                "auto" => Some(LinkTransport::Auto),
+                _ => None,
+            };
+            if let Some(transport) = transport {
+                if rest.contains('/') {
+                    return Err(fail("a quic:// or auto:// peer takes no path"));
+                }
+                check_authority(rest).map_err(|w| fail(&w))?;
+                return Ok(Self {
+                    name: format!("{scheme}://{rest}"),
+                    url: format!("https://{rest}/derp"),
+                    dial: None,
+                    pin,
+                    transport,
+                });
+            }
             let tls = match scheme {
                 "https" => true,
                 "http" => false,
-                _ => return Err(fail("scheme must be https or http")),
+                _ => return Err(fail("scheme must be https, http, quic or auto")),
             };
             if pin.is_some() && !tls {
                 return Err(fail("a certificate pin needs https"));
@@ -103,6 +152,7 @@ impl PeerTarget {
                 url: format!("{scheme}://{authority}{path}"),
                 dial: None,
                 pin,
+                transport: LinkTransport::Tcp,
             });
         }
         let mut parts = body.split('/');
@@ -137,6 +187,7 @@ impl PeerTarget {
             url: format!("https://{host}/derp"),
             dial,
             pin,
+            transport: LinkTransport::Tcp,
         })
     }
 
@@ -272,6 +323,29 @@ mod tests {
     }
 
     #[test]
+    fn quic_and_auto_peers() {
+        let t = PeerTarget::parse("quic://localhost:8443").unwrap();
+        assert_eq!(t.transport, LinkTransport::Quic);
+        assert_eq!(t.url, "https://localhost:8443/derp");
+        assert_eq!(t.host_port(), ("localhost".into(), 8443));
+        assert!(!t.is_plain());
+        let t =
+            PeerTarget::parse(&format!("auto://10.0.0.7#sha256-raw:{}", "cd".repeat(32))).unwrap();
+        assert_eq!(t.transport, LinkTransport::Auto);
+        assert_eq!(t.host_port(), ("10.0.0.7".into(), 443));
+        assert_eq!(t.pin, Some([0xcd; 32]));
+        // The same host over another transport is another target.
+        assert_ne!(
+            PeerTarget::parse("quic://a:1").unwrap(),
+            PeerTarget::parse("https://a:1").unwrap()
+        );
+        assert_eq!(
+            PeerTarget::parse("a").unwrap().transport,
+            LinkTransport::Tcp
+        );
+    }
+
+    #[test]
     fn bad_entries_say_why() {
         for (entry, why) in [
             ("", "empty entry"),
@@ -280,6 +354,8 @@ mod tests {
             ("a:0", "bad port"),
             ("a:http", "bad port"),
             ("ftp://a/derp", "scheme"),
+            ("quic://a:8443/derp", "no path"),
+            ("auto://", "empty host"),
             ("a#sha256-raw:00", "64 hex digits"),
             ("a#b", "fragment"),
             ("https://u@a/derp", "user info"),

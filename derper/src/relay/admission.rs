@@ -38,6 +38,10 @@ pub(crate) fn admit(
             return Err(AcceptError::MeshKey);
         }
     };
+    if meta.mesh_only && !is_mesh {
+        metrics.handshake_failed(HandshakeFailure::NotMesh);
+        return Err(AcceptError::NotMesh);
+    }
     let mut flags = PeerPresentFlags::default();
     if is_mesh {
         flags = flags | PeerPresentFlags::IS_MESH_PEER;

@@ -1,8 +1,9 @@
 //! The relay core, independent of transports: handshake, admission, the registry of the
 //! region's keys, forwarding, and each connection's reader and on-demand writer.
 //!
-//! Transports (HTTP upgrade, WebSocket, over TCP or TLS; later QUIC) end in
-//! [`Relay::accept`], which runs one connection as four steps:
+//! Transports (HTTP upgrade, WebSocket, over TCP or TLS; QUIC for mesh peers) end in
+//! [`Relay::accept`] (QUIC: [`Relay::accept_with_datagrams`]), which runs one connection as
+//! four steps:
 //!
 //! ```text
 //! handshake ─► admit ─► register ─► run (reader task; writer spawned while there is output)
@@ -88,6 +89,8 @@ pub enum TransportKind {
     Upgrade,
     /// WebSocket with the `derp` subprotocol.
     WebSocket,
+    /// The first bidirectional stream of a QUIC mesh connection (mesh peers only).
+    Quic,
 }
 
 /// Facts about a connection that the transport learnt before the DERP stream began.
@@ -104,6 +107,9 @@ pub struct ConnMeta {
     /// `101 Switching Protocols` response (empty for fast start, WebSocket, and transports
     /// that answered HTTP themselves).
     pub preface: Bytes,
+    /// Only mesh peers may use this transport: a login without the mesh key is refused
+    /// ([`AcceptError::NotMesh`]).
+    pub mesh_only: bool,
 }
 
 impl ConnMeta {
@@ -114,6 +120,7 @@ impl ConnMeta {
             transport,
             not_ideal: false,
             preface: Bytes::new(),
+            mesh_only: false,
         }
     }
 }
@@ -137,6 +144,9 @@ pub enum AcceptError {
     /// The client presented a mesh key that does not match.
     #[error("wrong mesh key")]
     MeshKey,
+    /// A mesh-only transport was used without the mesh key.
+    #[error("only mesh peers may use this transport")]
+    NotMesh,
     /// Too many connections for this key.
     #[error("key {0} already has the maximum number of connections")]
     TooManyDups(String),
@@ -146,6 +156,19 @@ pub enum AcceptError {
     /// Admission refused the client.
     #[error("not admitted: {0}")]
     NotAdmitted(String),
+}
+
+/// The future of one [`DatagramSource::recv`]: the next datagram, or `None` once the
+/// transport will deliver no more.
+pub type DatagramFuture = std::pin::Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+/// Forwarded packets that reach a mesh connection beside its DERP stream: QUIC datagrams, each
+/// a [`derp_proto::datagram`] FORWARD. [`Relay::accept_with_datagrams`] drains and counts
+/// whatever arrives before the login, then the connection's reader routes them exactly as
+/// ForwardPacket frames (forged-source check, per-peer counters, `Origin::Mesh`).
+pub trait DatagramSource: Send {
+    /// Starts waiting for the next datagram. Dropping the future must lose nothing.
+    fn recv(&mut self) -> DatagramFuture;
 }
 
 /// The context every connection task shares: identity, settings, registry, metrics, and the
@@ -395,11 +418,24 @@ impl Relay {
         initial: BytesMut,
         meta: ConnMeta,
     ) -> Result<(), AcceptError> {
+        self.accept_with_datagrams(io, initial, meta, None).await
+    }
+
+    /// [`Relay::accept`] for a transport that also carries forwarded packets outside the
+    /// stream (QUIC datagrams): datagrams arriving before the login are dropped and counted
+    /// (`before_handshake`); afterwards the reader routes them as ForwardPacket frames.
+    pub async fn accept_with_datagrams<S: Stream>(
+        &self,
+        io: S,
+        initial: BytesMut,
+        meta: ConnMeta,
+        datagrams: Option<Box<dyn DatagramSource>>,
+    ) -> Result<(), AcceptError> {
         let conn_id = ConnectionId(self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed));
         // A debug-level span: enabled, it costs ~500 B per connection in the subscriber, so at
         // the default level the few lines logged about a connection carry its fields instead.
         let span = tracing::debug_span!("conn", id = %conn_id, remote = %meta.remote, key = tracing::field::Empty);
-        self.accept_inner(io, initial, meta, conn_id)
+        self.accept_inner(io, initial, meta, conn_id, datagrams)
             .instrument(span)
             .await
     }
@@ -410,6 +446,7 @@ impl Relay {
         initial: BytesMut,
         meta: ConnMeta,
         conn_id: ConnectionId,
+        mut datagrams: Option<Box<dyn DatagramSource>>,
     ) -> Result<(), AcceptError> {
         let inner = &self.inner;
         let metrics = &inner.metrics;
@@ -419,8 +456,12 @@ impl Relay {
         let (r, mut w) = tokio::io::split(io);
         let mut reader = FramedRead::new(r, FrameDecoder::server(), initial);
 
-        // 1. Handshake.
-        let hello = handshake::run(inner, &mut reader, &mut w, &meta.preface).await?;
+        // 1. Handshake (datagrams that arrive meanwhile are unauthenticated: dropped).
+        let login = handshake::run(inner, &mut reader, &mut w, &meta.preface);
+        let hello = match datagrams.as_deref_mut() {
+            None => login.await?,
+            Some(source) => drop_datagrams_until(source, login, metrics).await?,
+        };
         tracing::Span::current().record("key", tracing::field::display(hello.client_key.short()));
 
         // 2. Admission.
@@ -433,6 +474,9 @@ impl Relay {
             ))
             .await?;
         }
+        // Only a mesh connection's reader polls datagrams (admission refuses a mesh-only
+        // transport without the key; anything else has none to poll).
+        let datagrams = datagrams.filter(|_| admitted.is_mesh);
 
         // 3. Registration. Frames queued for the connection from here on wait in its outbox
         // until ServerInfo is written, so ServerInfo is always the second frame.
@@ -502,7 +546,7 @@ impl Relay {
                 // Jitter spreads keepalives of clients that connected together (Go: [0, 5 s)).
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..5000));
                 let keepalive = inner.config.settings.keepalive + jitter;
-                let result = reader::run(inner, &conn, &mut reader, keepalive).await;
+                let result = reader::run(inner, &conn, &mut reader, keepalive, datagrams).await;
                 match result {
                     Err(e) => log_conn_end(&conn, &ConnEnd::Read(e)),
                     Ok(()) => tracing::debug!("client disconnected"),
@@ -568,6 +612,26 @@ impl Relay {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// Runs `login` while dropping (and counting) every datagram that arrives before it ends.
+async fn drop_datagrams_until<T>(
+    source: &mut dyn DatagramSource,
+    login: impl Future<Output = T>,
+    metrics: &Metrics,
+) -> T {
+    let drain = async {
+        while source.recv().await.is_some() {
+            metrics.quic_datagram_dropped(crate::metrics::DatagramDrop::BeforeHandshake);
+        }
+        // The transport is gone; the login fails on its own.
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    tokio::select! {
+        biased;
+        out = login => out,
+        never = drain => match never {},
     }
 }
 

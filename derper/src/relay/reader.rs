@@ -15,10 +15,10 @@ use derp_proto::io::{FramedRead, ReadFrameError};
 use derp_proto::{ClientToServer, DecodeError};
 use tokio::io::AsyncRead;
 
-use super::Inner;
 use super::conn::{ConnHandle, Control, Enqueued};
 use super::forward::{self, Origin};
 use super::limiter;
+use super::{DatagramFuture, DatagramSource, Inner};
 use crate::metrics::{DropReason, PacketKind};
 
 /// Why the reader ended the connection.
@@ -32,13 +32,14 @@ pub(crate) enum ReadError {
     NotMesh(FrameType),
 }
 
-/// Reads and dispatches frames until the client leaves, misbehaves, or the connection is
-/// cancelled. Sends KeepAlive every `keepalive`.
+/// Reads and dispatches frames (and, for a QUIC mesh peer, datagrams) until the client
+/// leaves, misbehaves, or the connection is cancelled. Sends KeepAlive every `keepalive`.
 pub(crate) async fn run<R: AsyncRead + Unpin>(
     relay: &Inner,
     conn: &ConnHandle,
     reader: &mut FramedRead<R>,
     keepalive: Duration,
+    mut datagrams: Option<Box<dyn DatagramSource>>,
 ) -> Result<(), ReadError> {
     let metrics = &relay.metrics;
     let mut preferred = false;
@@ -49,6 +50,8 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
         let start = tokio::time::Instant::now() + keepalive;
         let mut keepalive = tokio::time::interval_at(start, keepalive);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One pending receive at a time, kept across loop turns (it loses nothing if dropped).
+        let mut next_datagram: Option<DatagramFuture> = datagrams.as_mut().map(|d| d.recv());
         loop {
             let frame = tokio::select! {
                 biased;
@@ -65,6 +68,27 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                     continue;
                 }
                 f = reader.read_frame() => f?,
+                d = async {
+                    match next_datagram.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if next_datagram.is_some() => {
+                    next_datagram = match (d, datagrams.as_mut()) {
+                        (Some(d), Some(source)) => {
+                            let enqueued = datagram(relay, conn, d, &mut forwarded_in, &mut not_here);
+                            if enqueued == Enqueued::Backlogged {
+                                tokio::task::yield_now().await;
+                            } else {
+                                tokio::task::consume_budget().await;
+                            }
+                            Some(source.recv())
+                        }
+                        // The transport delivers no more; the stream ends with it.
+                        _ => None,
+                    };
+                    continue;
+                }
             };
             if !conn.is_mesh {
                 // Backpressure, as derper: the next read waits until the client is within its
@@ -103,24 +127,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                     if !conn.is_mesh {
                         return Err(ReadError::NotMesh(FrameType::FORWARD_PACKET));
                     }
-                    forwarded_in
-                        .get_or_insert_with(|| InboundCounters::new(relay, conn))
-                        .count(relay, conn, packet.len());
-                    if relay.registry.is_local_only(&src) {
-                        // The source is a client of this node that no peer announced: the
-                        // peer is forging it (or replaying a client that moved here).
-                        metrics.drop_packet(
-                            DropReason::ForgedSource,
-                            PacketKind::of(&packet),
-                            packet.len(),
-                        );
-                        if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
-                            tracing::info!(mesh_peer = %conn.key.short(), remote = %conn.remote, src = %src.short(), suppressed, "dropped ForwardPacket from a source connected here");
-                        }
-                        Enqueued::Closed
-                    } else {
-                        forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, &mut not_here)
-                    }
+                    forwarded(relay, conn, src, dst, packet, &mut forwarded_in, &mut not_here)
                 }
                 ClientToServer::NotePreferred(p) => {
                     if p != preferred {
@@ -222,6 +229,66 @@ impl RateLimit {
                 let charged = (len as u64).min(crate::limits::MIN_RATE_BURST);
                 b.reserve(charged as f64, now)
             }
+        }
+    }
+}
+
+/// Routes one packet a mesh peer forwarded (frame or datagram): counted per peer, and
+/// dropped if its source is a client connected only here.
+fn forwarded(
+    relay: &Inner,
+    conn: &ConnHandle,
+    src: derp_proto::NodePublicKey,
+    dst: derp_proto::NodePublicKey,
+    packet: bytes::Bytes,
+    counters: &mut Option<InboundCounters>,
+    not_here: &mut limiter::TokenBucket,
+) -> Enqueued {
+    counters
+        .get_or_insert_with(|| InboundCounters::new(relay, conn))
+        .count(relay, conn, packet.len());
+    if relay.registry.is_local_only(&src) {
+        // The source is a client of this node that no peer announced: the peer is forging it
+        // (or replaying a client that moved here).
+        relay.metrics.drop_packet(
+            DropReason::ForgedSource,
+            PacketKind::of(&packet),
+            packet.len(),
+        );
+        if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
+            tracing::info!(mesh_peer = %conn.key.short(), remote = %conn.remote, src = %src.short(), suppressed, "dropped ForwardPacket from a source connected here");
+        }
+        return Enqueued::Closed;
+    }
+    forward::deliver(relay, conn, Origin::Mesh, src, &dst, packet, not_here)
+}
+
+/// Decodes and routes one datagram of a QUIC mesh peer; a bad one is dropped and counted (the
+/// connection stays: datagrams are independent, and the peer is authenticated).
+fn datagram(
+    relay: &Inner,
+    conn: &ConnHandle,
+    datagram: bytes::Bytes,
+    counters: &mut Option<InboundCounters>,
+    not_here: &mut limiter::TokenBucket,
+) -> Enqueued {
+    use derp_proto::datagram::{self, DatagramError};
+
+    use crate::metrics::DatagramDrop;
+    match datagram::decode(datagram) {
+        Ok(d) => {
+            relay.metrics.quic_datagrams_received.increment(1);
+            forwarded(relay, conn, d.src, d.dst, d.packet, counters, not_here)
+        }
+        Err(e) => {
+            relay.metrics.quic_datagram_dropped(match e {
+                DatagramError::Malformed => DatagramDrop::Malformed,
+                DatagramError::Oversized(_) => DatagramDrop::Oversized,
+            });
+            if let Some(suppressed) = crate::log_limit::BAD_CONNECTIONS.allow() {
+                tracing::info!(mesh_peer = %conn.key.short(), remote = %conn.remote, error = %e, suppressed, "dropped a mesh datagram");
+            }
+            Enqueued::Closed
         }
     }
 }

@@ -346,3 +346,80 @@ async fn round_trip(a: &mut Client, b: &mut Client) {
         }
     }
 }
+
+/// The `--mesh-with` entry for our relay on `port` over QUIC: `quic://localhost:PORT` (our
+/// test relays serve QUIC on the UDP port with the same number as their TCP port).
+pub fn quic_entry(port: u16) -> String {
+    format!("quic://{HOSTNAME}:{port}")
+}
+
+/// The `--mesh-with` entry for our relay on `port` in automatic mode: QUIC on UDP `port`,
+/// else TLS on TCP `port`.
+pub fn auto_entry(port: u16) -> String {
+    format!("auto://{HOSTNAME}:{port}")
+}
+
+/// How our relays of a test region link to each other; mesh tests run once per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OurLink {
+    /// Plain-HTTP DERP over TCP (`http://127.0.0.1:PORT/derp`, `--mesh-allow-plain`).
+    Tcp,
+    /// QUIC (`quic://localhost:PORT`), each relay serving TLS and `--quic-port PORT`.
+    Quic,
+}
+
+/// A region of our relays linked by [`OurLink`]: the region's CA and mesh key (for QUIC,
+/// which always uses TLS) and the nodes' certificate directories.
+pub struct OurRegion {
+    pub link: OurLink,
+    pub region: MeshRegion,
+    dir: tempfile::TempDir,
+}
+
+impl OurRegion {
+    /// A region whose relays link over `link`.
+    pub fn new(link: OurLink) -> Self {
+        Self {
+            link,
+            region: MeshRegion::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The URL our test clients use for the node on `port`.
+    pub fn url(&self, port: u16) -> String {
+        match self.link {
+            OurLink::Tcp => format!("http://127.0.0.1:{port}/derp"),
+            OurLink::Quic => node_url(port),
+        }
+    }
+
+    /// The `--mesh-with` entry naming the node on `port`.
+    pub fn entry(&self, port: u16) -> String {
+        match self.link {
+            OurLink::Tcp => format!("http://127.0.0.1:{port}/derp"),
+            OurLink::Quic => quic_entry(port),
+        }
+    }
+
+    /// Our relay on 127.0.0.1:`port` linking to `peers` with mesh key `key` (the region's,
+    /// or another to play an impostor). Over QUIC: TLS with the region's leaf, the QUIC
+    /// listener on UDP `port`, peers verified by the region's CA.
+    pub fn config(&self, port: u16, peers: &[String], key: &MeshKey) -> derper::ServerConfig {
+        let mut config = match self.link {
+            OurLink::Tcp => derper::ServerConfig::plain(([127, 0, 0, 1], port).into()),
+            OurLink::Quic => {
+                let certs = self.dir.path().join(port.to_string());
+                let mut c = our_relay_config(&self.region, port, &certs);
+                c.quic_addr = Some(([127, 0, 0, 1], port).into());
+                c.mesh.ca_file = Some(self.region.ca.ca_pem.clone());
+                c
+            }
+        };
+        config.mesh_key = Some(key.clone());
+        config.mesh.peers = peers.to_vec();
+        config.mesh.allow_plain = self.link == OurLink::Tcp;
+        config.mesh.reconnect_max = Duration::from_millis(200);
+        config
+    }
+}
