@@ -114,6 +114,19 @@ stun_interop() {
 }
 step "stun interop: coturn and stun-client against stunner" stun_interop
 
+tailnet() {
+    bash tests/tailnet.sh
+    local rc=$?
+    if [[ $rc -eq 77 ]]; then
+        skipped+=("tailnet (prerequisites missing, see above)")
+        [[ $STRICT -eq 1 ]] && return 1
+        return 0
+    fi
+    return $rc
+}
+[[ $have_go -eq 1 ]] && step "install Headscale and tailscaled (pinned)" scripts/install-tailnet-tools.sh
+step "tailnet: Headscale + two tailscaled relayed by our derper (root, netns)" tailnet
+
 if [[ -x tests/loadtest-netns.sh ]]; then
     step "loadtest with real network namespaces (root)" tests/loadtest-netns.sh
 fi
