@@ -69,13 +69,15 @@ install_debs() {
     command -v nft >/dev/null 2>&1 || missing+=(nftables)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
+    command -v jq >/dev/null 2>&1 || missing+=(jq)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     ((${#missing[@]} == 0)) && return 0
     echo "installing ${missing[*]}"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/tmp/test-apt.log 2>&1 \
         || { echo "apt-get failed, see /tmp/test-apt.log"; return 1; }
 }
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    step "install Debian packages (nftables, iproute2, conntrack)" install_debs
+    step "install Debian packages (nftables, iproute2, conntrack, jq, curl)" install_debs
 else
     skip "install Debian packages" "not root or no apt-get: the real-NAT loadtest test will skip"
 fi
