@@ -19,6 +19,8 @@
 #   tls    relay over TLS with a self-signed IP certificate pinned in the DERP map (sha256-raw)
 #   admission  the tls relay restarted with --verify-client-url pointing at Headscale's /verify
 #   drain  SIGTERM to that relay, started with --drain-grace 20s
+#   verify-clients  the relay restarted with --verify-clients asking node A's tailscaled
+#   (the plain variant's Headscale reads the relay's live /derpmap through derp.urls)
 #
 # Environment: DERPER_BIN, LOADTEST_BIN (default target/debug/*), TAILNET_TOOLS (default
 # .tools/bin, filled by scripts/install-tailnet-tools.sh), KEEP_LOGS=1 keeps the log directory.
@@ -312,9 +314,8 @@ prefixes:
 derp:
   server:
     enabled: false
-  urls: []
-  paths:
-    - ${WORK}/hs/derp.yaml
+  urls: ${HS_DERP_URLS}
+  paths: ${HS_DERP_PATHS}
   auto_update_enabled: false
   update_frequency: 24h
 disable_check_updates: true
@@ -473,12 +474,24 @@ stop_relay_now() {
     RELAY_PID=""
 }
 
-# cluster MODE: relay, Headscale with the relay as its only region, two nodes joined.
+# cluster MODE: relay, Headscale with the relay as its only region, two nodes joined. The plain
+# variant has Headscale fetch the map from the relay's live /derpmap (derp.urls); the tls one
+# reads a file (derp.paths).
 cluster() {
     local mode="$1" env=()
     [[ $mode == plain ]] && env=(TS_DEBUG_USE_DERP_HTTP=1)
     mkdir -p "$WORK/hs"
-    start_relay "$mode" || return 1
+    if [[ $mode == plain ]]; then
+        start_relay "$mode" --derp-map-region-id "$REGION_ID" --derp-map-region-code "$REGION_CODE" \
+            --derp-map-region-name "Our relay" --derp-map-node-name "${REGION_ID}a" \
+            --derp-map-ipv4 "$HUB_IP" || return 1
+        HS_DERP_URLS="[\"http://${HUB_IP}:${RELAY_PLAIN_PORT}/derpmap\"]"
+        HS_DERP_PATHS="[]"
+    else
+        start_relay "$mode" || return 1
+        HS_DERP_URLS="[]"
+        HS_DERP_PATHS="[\"${WORK}/hs/derp.yaml\"]"
+    fi
     write_derp_maps "$mode"
     start_headscale || return 1
     start_node 0 "${env[@]}" || return 1
@@ -598,6 +611,27 @@ elif ((have_drain)); then
     check "the draining Health text is gone from node A" eventually 30 health_lacks 0 draining
 else
     fail "drain seen by the nodes" "this derper has no --drain-grace (not yet merged from main)"
+fi
+
+# --verify-clients: the relay asks node A's tailscaled (LocalAPI whois) whether a key is in the
+# tailnet, as derper does with the tailscaled beside it.
+VARIANT=verify-clients
+verify_clients_counted() {
+    (($(metric_sum derp_admission_calls_total 'result="allow"') >= 2)) \
+        && (($(metric_sum derp_admission_calls_total 'result="deny"') >= 1))
+}
+if ((!cluster_up)); then
+    :
+elif derper_has verify-clients; then
+    [[ -n "$RELAY_PID" ]] && stop_relay_now
+    check "relay restarted with --verify-clients --socket <node A's tailscaled socket>" \
+        start_relay tls --verify-clients --socket "$WORK/node0/tailscaled.sock"
+    check "nodes reconnect through the relay asking tailscaled: ping A->B via DERP" eventually 60 ping_via_derp 0 1
+    check "nodes reconnect through the relay asking tailscaled: ping B->A via DERP" eventually 60 ping_via_derp 1 0
+    check "a DERP client with a random key is refused (tailscaled does not know it)" random_key_refused
+    check "relay counted tailscaled's answers: >= 2 allow (the nodes), >= 1 deny" eventually 10 verify_clients_counted
+else
+    fail "--verify-clients" "this derper has no --verify-clients"
 fi
 
 VARIANT=""

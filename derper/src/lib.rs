@@ -24,6 +24,7 @@ pub mod admission;
 pub mod config;
 pub mod defaults;
 pub mod derpmap;
+pub mod derpmap_check;
 pub mod http;
 pub mod keyfile;
 pub mod limits;

@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 fn main() -> ExitCode {
-    let cmd = CommandLine::try_parse_from(std::env::args()).unwrap_or_else(|e| e.exit());
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("derp-map") {
+        return derp_map_command(&args[2..]);
+    }
+    let cmd = CommandLine::try_parse_from(args).unwrap_or_else(|e| e.exit());
     if cmd.print_config() {
         // Nothing is bound and no secret is read: the merged settings, as a config file.
         return match cmd.render_config() {
@@ -69,6 +73,38 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("derper: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `derper derp-map check FILE|URL …`: exit 0 when every node passed, 1 when one failed, 2 on
+/// bad usage or an unreadable map.
+fn derp_map_command(rest: &[String]) -> ExitCode {
+    use clap::Parser as _;
+    if rest.first().map(String::as_str) != Some("check") {
+        eprintln!("usage: derper derp-map check FILE|URL [--plain] [--no-stun] [--timeout 5s]");
+        return ExitCode::from(2);
+    }
+    let args = derper::derpmap_check::CheckArgs::try_parse_from(
+        std::iter::once("derper derp-map check".to_string()).chain(rest[1..].iter().cloned()),
+    )
+    .unwrap_or_else(|e| e.exit());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("derper: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(derper::derpmap_check::run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("derper derp-map check: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

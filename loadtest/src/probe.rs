@@ -41,7 +41,7 @@ impl Default for ProbeConfig {
 }
 
 /// One node's outcome, reported under `extra.probe`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct NodeResult {
     /// Node name.

@@ -605,3 +605,68 @@ async fn live_derp_map_lists_the_region_and_drops_a_draining_node() {
     .await;
     assert!(left, "{}", http(relay.addr, "GET", "/derpmap").await.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derp_map_check_passes_a_live_map_and_names_a_dead_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(relay) = start(
+        dir.path(),
+        "checked",
+        &[
+            "--derp-map-region-id=900",
+            "--derp-map-region-code=lab",
+            "--derp-map-node-name=900a",
+            "--derp-map-ipv4=127.0.0.1",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let bin = common::our_derper().unwrap();
+    let url = format!("http://{}/derpmap", relay.addr);
+    let out = std::process::Command::new(&bin)
+        .args(["derp-map", "check", &url, "--plain", "--no-stun"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok   region 900 node 900a"), "{text}");
+    assert!(text.contains("1 nodes checked, 0 failed"), "{text}");
+
+    // A map naming a node nobody serves: that node fails, by name, and the exit code says so.
+    let dead = common::free_port();
+    let map = dir.path().join("map.json");
+    std::fs::write(
+        &map,
+        format!(r#"{{"Regions":{{"900":{{"RegionID":900,"RegionCode":"lab","Nodes":[{{"Name":"900z","RegionID":900,"HostName":"127.0.0.1","IPv4":"127.0.0.1","DERPPort":{dead}}}]}}}}}}"#),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args([
+            "derp-map",
+            "check",
+            map.to_str().unwrap(),
+            "--plain",
+            "--no-stun",
+            "--timeout",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL region 900 node 900z"), "{text}");
+    // Not a map at all: a clear error, exit 2.
+    std::fs::write(&map, "garbage").unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["derp-map", "check", map.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a DERP map"));
+}
