@@ -127,6 +127,11 @@ async fn serve(
                     return;
                 }
             };
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_ACME_TLS_1) {
+                // An ACME TLS-ALPN-01 validation: the handshake itself was the answer
+                // (RFC 8737 3: the server may close once it completes).
+                return;
+            }
             // The TLS stream (~2 KiB with rustls' state) goes on the heap once: futures keep
             // their arguments' slots for their whole life, so passing it by value would leave a
             // dead copy in every future it passes through.
@@ -191,6 +196,7 @@ mod tests {
             home: HomePage::Default,
             derp_enabled: true,
             upgrade_response: bytes::Bytes::new(),
+            acme: None,
         });
         let metrics = relay.metrics().clone();
         let accept = relay.accept(

@@ -93,14 +93,8 @@ async fn run(config: derper::ServerConfig) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Some(tls) = handle.tls() {
-                    let reloader = tls.reloader();
-                    match tokio::task::spawn_blocking(move || reloader.reload()).await {
-                        Ok(Ok(info)) => tracing::info!(sha256 = %info.leaf_sha256_hex, "certificate reloaded"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "certificate reload failed; keeping the current one"),
-                        Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-                    }
-                }
+                // Manual certificates: re-read now (logged and counted by the server).
+                let _ = handle.reload_certificate().await;
             }
         }
     }

@@ -42,7 +42,7 @@ fn accepts_go_spelling() {
     ])
     .unwrap();
     assert_eq!(c.cli().hostname, "127.0.0.1");
-    assert_eq!(c.cli().certmode, "manual");
+    assert_eq!(c.cli().certmode.as_deref(), Some("manual"));
     assert_eq!(c.cli().addr, ":8443");
     assert!(!c.cli().stun);
     assert_eq!(c.cli().http_port, -1);
@@ -223,7 +223,7 @@ fn file_overrides_defaults_and_flags_override_file() {
     assert_eq!(s.listen.max_connections, Some(2004));
     assert_eq!(s.listen.tcp_keepalive_time, Duration::from_secs(120));
     assert_eq!(s.listen.tcp_user_timeout, Duration::from_secs(2));
-    assert_eq!(s.tls.certmode, "letsencrypt");
+    assert_eq!(s.tls.certmode.as_deref(), Some("letsencrypt"));
     assert_eq!(s.tls.certdir, Some("/flag/certs".into()));
     assert_eq!(s.tls.hostname, "flag.example");
     assert_eq!(s.relay.queue_depth, 3);

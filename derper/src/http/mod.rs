@@ -38,6 +38,8 @@ pub(crate) struct HttpContext {
     pub(crate) derp_enabled: bool,
     /// The `101 Switching Protocols` response, built once (it names the server key).
     pub(crate) upgrade_response: Bytes,
+    /// `letsencrypt` mode: HTTP-01 answers, served on the `--http-port` listener.
+    pub(crate) acme: Option<Arc<crate::acme::Challenges>>,
 }
 
 /// How the first request on a connection should be handled.
@@ -376,7 +378,16 @@ pub(crate) async fn serve_port80<S: Stream>(io: S, ctx: Arc<HttpContext>) {
 async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<HttpContext>) {
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { routes::service(req, listener, &ctx.home, ctx.derp_enabled).await }
+        async move {
+            // ACME's HTTP-01 validation always arrives on the plain port.
+            if listener == Listener::Port80
+                && let Some(acme) = &ctx.acme
+                && let Some(answer) = acme.http01_response(req.uri().path())
+            {
+                return Ok(answer);
+            }
+            routes::service(req, listener, &ctx.home, ctx.derp_enabled).await
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
