@@ -127,15 +127,15 @@ async fn serve(
                     return;
                 }
             };
+            // The TLS stream (~2 KiB with rustls' state) goes on the heap once: futures keep
+            // their arguments' slots for their whole life, so passing it by value would leave a
+            // dead copy in every future it passes through.
+            let tls_stream = Box::new(tls_stream);
             if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_ACME_TLS_1) {
                 // An ACME TLS-ALPN-01 validation: the handshake itself was the answer
                 // (RFC 8737 3: the server may close once it completes).
                 return;
             }
-            // The TLS stream (~2 KiB with rustls' state) goes on the heap once: futures keep
-            // their arguments' slots for their whole life, so passing it by value would leave a
-            // dead copy in every future it passes through.
-            let tls_stream = Box::new(tls_stream);
             match role {
                 Role::Main => Box::pin(http::serve_main(tls_stream, remote, ctx)).await,
                 Role::Port80 => Box::pin(http::serve_port80(tls_stream, ctx)).await,

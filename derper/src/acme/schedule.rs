@@ -38,7 +38,8 @@ impl ChallengePreference {
 pub(crate) fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
     let elapsed = lifetime * defaults::ACME_RENEW_NUMERATOR / defaults::ACME_RENEW_DENOMINATOR;
-    not_before + elapsed
+    // A reversed window (not_after first) is due at its not_after, i.e. long ago.
+    (not_before + elapsed).min(not_after)
 }
 
 /// How long after `now` renewal is due (zero when it is).

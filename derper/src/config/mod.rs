@@ -273,6 +273,8 @@ fn acme_options(tls: &TlsSettings, hostnames: Vec<String>) -> Result<AcmeOptions
     opts.directory = tls.acme_directory.clone();
     opts.email = tls.acme_email.clone();
     opts.ca_file = tls.acme_ca_file.clone();
+    opts.retry_min = tls.acme_retry_min;
+    opts.retry_max = tls.acme_retry_max;
     opts.challenge =
         ChallengePreference::parse(&tls.acme_challenge).map_err(|reason| ConfigError::Invalid {
             key: "tls.acme_challenge",

@@ -149,6 +149,12 @@ pub struct TlsSettings {
     pub acme_ca_file: Option<PathBuf>,
     /// `--acme-challenge`: `auto`, `tls-alpn-01` or `http-01`.
     pub acme_challenge: String,
+    /// First delay after a failed ACME attempt (doubling, jittered, up to `acme_retry_max`).
+    #[serde(with = "go_duration")]
+    pub acme_retry_min: Duration,
+    /// Longest delay between ACME attempts.
+    #[serde(with = "go_duration")]
+    pub acme_retry_max: Duration,
 }
 
 impl Default for TlsSettings {
@@ -164,6 +170,8 @@ impl Default for TlsSettings {
             acme_eab_key: None,
             acme_ca_file: None,
             acme_challenge: defaults::ACME_CHALLENGE.into(),
+            acme_retry_min: defaults::ACME_RETRY_MIN,
+            acme_retry_max: defaults::ACME_RETRY_MAX,
         }
     }
 }
@@ -182,6 +190,8 @@ impl std::fmt::Debug for TlsSettings {
             .field("acme_eab_key", &self.acme_eab_key.as_ref().map(|_| "<secret>"))
             .field("acme_ca_file", &self.acme_ca_file)
             .field("acme_challenge", &self.acme_challenge)
+            .field("acme_retry_min", &self.acme_retry_min)
+            .field("acme_retry_max", &self.acme_retry_max)
             .finish()
     }
 }
@@ -238,6 +248,15 @@ impl TlsSettings {
         }
         crate::acme::ChallengePreference::parse(&self.acme_challenge)
             .map_err(|e| invalid("tls.acme_challenge", e))?;
+        if self.acme_retry_min.is_zero() {
+            return Err(invalid("tls.acme_retry_min", "must be more than 0"));
+        }
+        if self.acme_retry_max < self.acme_retry_min {
+            return Err(invalid(
+                "tls.acme_retry_max",
+                "must not be less than tls.acme_retry_min",
+            ));
+        }
         match (&self.acme_eab_kid, &self.acme_eab_key) {
             (Some(_), Some(key)) => {
                 decode_eab_key(key).map_err(|e| invalid("tls.acme_eab_key", e))?;
