@@ -163,11 +163,17 @@ mod tests {
         let info = watcher.check(false).expect("changed").expect("good pair");
         assert_eq!(info.leaf_sha256_hex, second);
         assert_ne!(first, second);
-        assert!(watcher.check(false).is_none(), "served content is the baseline");
+        assert!(
+            watcher.check(false).is_none(),
+            "served content is the baseline"
+        );
 
         fs::write(tmp.path().join("derp.test.crt"), "garbage").unwrap();
         assert!(watcher.check(false).expect("changed").is_err());
-        assert!(watcher.check(false).is_none(), "refused content is not retried");
+        assert!(
+            watcher.check(false).is_none(),
+            "refused content is not retried"
+        );
         assert_eq!(setup.current().unwrap().leaf_sha256_hex, second, "old kept");
         // SIGHUP retries even unchanged bad content.
         assert!(watcher.check(true).expect("forced").is_err());

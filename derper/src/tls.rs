@@ -227,7 +227,9 @@ pub enum TlsError {
     #[error("--certmode={0} is not handled here")]
     UnsupportedCertMode(&'static str),
     /// A reload was asked of a certificate that does not come from files.
-    #[error("--certmode=letsencrypt renews its certificate itself; only manual certificates are reloaded")]
+    #[error(
+        "--certmode=letsencrypt renews its certificate itself; only manual certificates are reloaded"
+    )]
     NotManual,
     /// `--certdir` is empty.
     #[error("missing required --certdir")]
@@ -371,7 +373,12 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
     let info = check_leaf(&loaded.chain, &host, &paths.cert)?;
     let metacert = build_metacert(server_public_key)?;
     let resolver = Arc::new(SniResolver {
-        required_sni: host.ip.is_none().then(|| host.name.clone()).into_iter().collect(),
+        required_sni: host
+            .ip
+            .is_none()
+            .then(|| host.name.clone())
+            .into_iter()
+            .collect(),
         current: RwLock::new(Some(certified_key(loaded, &metacert))),
         alpn_challenges: None,
     });
@@ -408,7 +415,11 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
 /// `cached` every DERP handshake fails until then.
 pub(crate) fn acme_setup(
     hostnames: &[String],
-    cached: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf)>,
+    cached: Option<(
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        PathBuf,
+    )>,
     challenges: Arc<crate::acme::Challenges>,
     server_public_key: &[u8; 32],
 ) -> Result<TlsSetup, TlsError> {
@@ -436,8 +447,7 @@ pub(crate) fn acme_setup(
     if let Some((chain, key, path)) = cached {
         // A cached pair that no longer fits (hostnames changed, damaged file) is not served;
         // a new certificate is ordered instead.
-        match load_key(&provider, key, &path).and_then(|key| reloader.install(chain, key, &path))
-        {
+        match load_key(&provider, key, &path).and_then(|key| reloader.install(chain, key, &path)) {
             Ok(i) => info = Some(i),
             Err(e) => tracing::warn!(error = %e, "not serving the cached ACME certificate"),
         }

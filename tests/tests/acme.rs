@@ -173,7 +173,9 @@ async fn wait_for_serial(
 async fn derp_client(relay: &DerperProcess, roots: &Arc<RootCertStore>) -> Client {
     let mut opts = relay.options();
     opts.verify = ServerVerify::Roots(Arc::clone(roots));
-    Client::connect(&opts).await.expect("DERP over the ACME certificate")
+    Client::connect(&opts)
+        .await
+        .expect("DERP over the ACME certificate")
 }
 
 /// `a` sends to `b` and `b` receives it.
@@ -232,7 +234,10 @@ async fn http01_issues_and_restart_reuses_the_cache() {
         "{text}"
     );
     assert_eq!(
-        metric(&text, "derp_acme_challenges_served_total{type=\"tls-alpn-01\"}"),
+        metric(
+            &text,
+            "derp_acme_challenges_served_total{type=\"tls-alpn-01\"}"
+        ),
         0.0
     );
     let not_after = metric(&text, "derp_cert_not_after_timestamp_seconds");
@@ -243,7 +248,9 @@ async fn http01_issues_and_restart_reuses_the_cache() {
     // Restart on the same --certdir: the cached certificate is served from the first
     // handshake, and no attempt is made (renewal is two months away).
     let relay = s.start_relay("http01-restart", "http-01", true).await;
-    let again = served_serial(s.main_port, &roots).await.expect("cached certificate");
+    let again = served_serial(s.main_port, &roots)
+        .await
+        .expect("cached certificate");
     assert_eq!(again, serial, "the cached certificate is served");
     let renewal_due = || async {
         metric(
@@ -258,7 +265,11 @@ async fn http01_issues_and_restart_reuses_the_cache() {
     );
     let renewal = renewal_due().await;
     assert!(renewal > unix_now() + 50.0 * 86_400.0, "{renewal}");
-    assert_eq!(all_attempts(&scrape(relay.metrics).await), 0.0, "no new order");
+    assert_eq!(
+        all_attempts(&scrape(relay.metrics).await),
+        0.0,
+        "no new order"
+    );
 }
 
 /// TLS-ALPN-01 on the main listener, with the plain listener off.
@@ -266,9 +277,7 @@ async fn http01_issues_and_restart_reuses_the_cache() {
 async fn tls_alpn01_issues_on_the_main_listener() {
     let Some(s) = Setup::new().await else { return };
     let pebble = s.start_pebble(LONG_VALIDITY).await;
-    let relay = s
-        .start_relay("alpn", "tls-alpn-01", false)
-        .await;
+    let relay = s.start_relay("alpn", "tls-alpn-01", false).await;
     wait_for_serial(&relay, &pebble, s.main_port, ISSUE_BUDGET, |_| true).await;
     let roots = pebble.issuing_root().await;
     let mut a = derp_client(&relay, &roots).await;
@@ -278,11 +287,16 @@ async fn tls_alpn01_issues_on_the_main_listener() {
     let text = scrape(relay.metrics).await;
     assert_eq!(attempts(&text, "issued"), 1.0, "{text}");
     assert!(
-        metric(&text, "derp_acme_challenges_served_total{type=\"tls-alpn-01\"}") >= 1.0,
+        metric(
+            &text,
+            "derp_acme_challenges_served_total{type=\"tls-alpn-01\"}"
+        ) >= 1.0,
         "{text}"
     );
     assert!(
-        TcpStream::connect(("127.0.0.1", s.http_port)).await.is_err(),
+        TcpStream::connect(("127.0.0.1", s.http_port))
+            .await
+            .is_err(),
         "no plain listener with --http-port -1"
     );
 }
@@ -340,7 +354,11 @@ async fn unreachable_ca_is_retried_then_issues() {
         "names the CA: {}",
         failures[0]
     );
-    assert!(failures[0].contains("no certificate yet"), "{}", failures[0]);
+    assert!(
+        failures[0].contains("no certificate yet"),
+        "{}",
+        failures[0]
+    );
     // Still serving: the plain listener answers, TLS has nothing to offer yet.
     assert_eq!(http_status(s.http_port, "/generate_204").await, 204);
     let scratch = Arc::new(RootCertStore::empty());
@@ -377,11 +395,16 @@ where
 /// The status code of a plain GET.
 async fn http_status(port: u16, path: &str) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
-    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

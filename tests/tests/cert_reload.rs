@@ -35,7 +35,9 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "reload test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "reload test CA");
         let cert = params.self_signed(&key).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
@@ -76,8 +78,16 @@ impl SecretVolume {
             version: 0,
         };
         v.publish(cert, key);
-        symlink(format!("..data/{HOST}.crt"), dir.join(format!("{HOST}.crt"))).unwrap();
-        symlink(format!("..data/{HOST}.key"), dir.join(format!("{HOST}.key"))).unwrap();
+        symlink(
+            format!("..data/{HOST}.crt"),
+            dir.join(format!("{HOST}.crt")),
+        )
+        .unwrap();
+        symlink(
+            format!("..data/{HOST}.key"),
+            dir.join(format!("{HOST}.key")),
+        )
+        .unwrap();
         v
     }
 
@@ -103,7 +113,9 @@ async fn served(port: u16, roots: &Arc<RootCertStore>) -> String {
         .connect(ServerName::try_from(HOST).unwrap(), tcp)
         .await
         .expect("TLS handshake");
-    hex::encode(Sha256::digest(&tls.get_ref().1.peer_certificates().unwrap()[0]))
+    hex::encode(Sha256::digest(
+        &tls.get_ref().1.peer_certificates().unwrap()[0],
+    ))
 }
 
 async fn relays(a: &mut Client, b: &mut Client, payload: &[u8]) {
@@ -113,7 +125,10 @@ async fn relays(a: &mut Client, b: &mut Client, payload: &[u8]) {
 }
 
 fn reloads(text: &str, outcome: &str) -> f64 {
-    metric(text, &format!("derp_cert_reload_total{{outcome=\"{outcome}\"}}"))
+    metric(
+        text,
+        &format!("derp_cert_reload_total{{outcome=\"{outcome}\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,8 +216,16 @@ async fn manual_certificate_reloads_without_dropping_clients() {
         .filter(|l| l.contains("certificate reload refused"))
         .collect();
     assert_eq!(refusals.len(), 3, "one line per refusal:\n{log}");
-    assert!(refusals[0].contains("CERTIFICATE"), "says why: {}", refusals[0]);
-    assert!(refusals[1].contains("does not match"), "says why: {}", refusals[1]);
+    assert!(
+        refusals[0].contains("CERTIFICATE"),
+        "says why: {}",
+        refusals[0]
+    );
+    assert!(
+        refusals[1].contains("does not match"),
+        "says why: {}",
+        refusals[1]
+    );
 
     // Good files again.
     let (cert_d, key_d, sha_d) = ca.issue();

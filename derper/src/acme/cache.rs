@@ -30,7 +30,11 @@ pub(crate) struct Cache {
 }
 
 /// A cached certificate chain (leaf first) and its key.
-pub(crate) type CachedCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf);
+pub(crate) type CachedCert = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    PathBuf,
+);
 
 impl Cache {
     /// The files for `directory_url` and `first_hostname` below `dir`.
@@ -84,7 +88,9 @@ impl Cache {
     pub(crate) fn load_cert(&self) -> Option<CachedCert> {
         let cert_pem = fs::read(&self.cert).ok()?;
         let key_pem = fs::read(&self.key).ok()?;
-        let chain = match rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>() {
+        let chain = match rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(chain) if !chain.is_empty() => chain,
             _ => {
                 tracing::warn!(path = %self.cert.display(), "damaged cached ACME certificate; ordering a new one");

@@ -55,7 +55,8 @@ impl Challenges {
     /// the name as its only SAN, the critical `acmeIdentifier` extension holding
     /// `digest` = SHA-256 of the key authorization) until [`Self::clear`].
     pub(crate) fn add_tls_alpn01(&self, hostname: &str, digest: &[u8]) -> Result<(), String> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params =
             CertificateParams::new(vec![hostname.to_owned()]).map_err(|e| e.to_string())?;
         params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
@@ -98,8 +99,13 @@ impl Challenges {
             .get(&sni.to_ascii_lowercase())
             .cloned();
         match &found {
-            Some(_) => self.metrics.acme_challenge_served(AcmeChallengeKind::TlsAlpn01),
-            None => tracing::debug!(sni, "acme-tls/1 handshake for a name with no pending challenge"),
+            Some(_) => self
+                .metrics
+                .acme_challenge_served(AcmeChallengeKind::TlsAlpn01),
+            None => tracing::debug!(
+                sni,
+                "acme-tls/1 handshake for a name with no pending challenge"
+            ),
         }
         found
     }
@@ -116,10 +122,14 @@ impl Challenges {
             .cloned();
         let (status, body) = match answer {
             Some(key_authorization) => {
-                self.metrics.acme_challenge_served(AcmeChallengeKind::Http01);
+                self.metrics
+                    .acme_challenge_served(AcmeChallengeKind::Http01);
                 (StatusCode::OK, Bytes::from(key_authorization))
             }
-            None => (StatusCode::NOT_FOUND, Bytes::from_static(b"no such challenge\n")),
+            None => (
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(b"no such challenge\n"),
+            ),
         };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
@@ -147,14 +157,20 @@ mod tests {
         let c = challenges();
         assert!(c.http01_response("/derp").is_none(), "not ours");
         c.add_http01("tok", "tok.thumb");
-        let r = c.http01_response("/.well-known/acme-challenge/tok").unwrap();
+        let r = c
+            .http01_response("/.well-known/acme-challenge/tok")
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"tok.thumb");
-        let r = c.http01_response("/.well-known/acme-challenge/other").unwrap();
+        let r = c
+            .http01_response("/.well-known/acme-challenge/other")
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         c.clear();
-        let r = c.http01_response("/.well-known/acme-challenge/tok").unwrap();
+        let r = c
+            .http01_response("/.well-known/acme-challenge/tok")
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 
@@ -163,7 +179,9 @@ mod tests {
         let c = challenges();
         let digest = [7u8; 32];
         c.add_tls_alpn01("Derp.Example.com", &digest).unwrap();
-        let key = c.tls_alpn01("derp.example.COM").expect("case-insensitive SNI");
+        let key = c
+            .tls_alpn01("derp.example.COM")
+            .expect("case-insensitive SNI");
         assert!(c.tls_alpn01("other.example.com").is_none());
         let der = key.cert[0].as_ref();
         // id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31), critical, OCTET STRING { OCTET STRING(32) }.

@@ -42,17 +42,26 @@ impl AcmeHttp {
         if uri.scheme_str() != Some("https") {
             return Err(format!("ACME URL {uri} is not https").into());
         }
-        let host = uri.host().ok_or_else(|| format!("ACME URL {uri} has no host"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("ACME URL {uri} has no host"))?;
         // Bracketed IPv6 literals lose their brackets for connecting and SNI.
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(bare.clone())?;
         let tcp = TcpStream::connect((bare.as_str(), port)).await?;
         let stream = TlsConnector::from(tls).connect(server_name, tcp).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
 
         // HTTP/1.1 wants the origin form on the request line and the authority in Host.
-        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(bare);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or(bare);
         *req.uri_mut() = Uri::builder()
             .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
             .build()?;
@@ -86,15 +95,9 @@ impl HttpClient for AcmeHttp {
             let uri = req.uri().clone();
             match tokio::time::timeout(defaults::ACME_HTTP_TIMEOUT, Self::send(tls, req)).await {
                 Ok(Ok(response)) => Ok(BytesResponse::from(response)),
-                Ok(Err(e)) => Err(instant_acme::Error::Other(
-                    format!("{uri}: {e}").into(),
-                )),
+                Ok(Err(e)) => Err(instant_acme::Error::Other(format!("{uri}: {e}").into())),
                 Err(_) => Err(instant_acme::Error::Other(
-                    format!(
-                        "{uri}: no answer within {:?}",
-                        defaults::ACME_HTTP_TIMEOUT
-                    )
-                    .into(),
+                    format!("{uri}: no answer within {:?}", defaults::ACME_HTTP_TIMEOUT).into(),
                 )),
             }
         })

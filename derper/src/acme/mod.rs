@@ -41,10 +41,10 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
-pub use self::challenge::Challenges;
-pub use self::schedule::ChallengePreference;
 use self::cache::Cache;
+pub use self::challenge::Challenges;
 use self::http::AcmeHttp;
+pub use self::schedule::ChallengePreference;
 use crate::defaults;
 use crate::metrics::{AcmeOutcome, Metrics};
 use crate::tls::{self, CertReloader, TlsError, TlsOptions, TlsSetup};
@@ -294,7 +294,8 @@ impl Acme {
             let wait = match (retry_in, self.current) {
                 (Some(delay), _) => delay,
                 (None, Some(v)) => {
-                    self.metrics.acme_renewal_due(schedule::renew_at(v.not_before, v.not_after));
+                    self.metrics
+                        .acme_renewal_due(schedule::renew_at(v.not_before, v.not_after));
                     schedule::renew_in(v.not_before, v.not_after, SystemTime::now())
                 }
                 (None, None) => Duration::ZERO,
@@ -326,10 +327,14 @@ impl Acme {
                 }
                 Err(e) => {
                     self.metrics.acme_attempt(e.outcome());
-                    let delay = backoff.next_delay(std::time::Instant::now(), &mut rand::thread_rng());
+                    let delay =
+                        backoff.next_delay(std::time::Instant::now(), &mut rand::thread_rng());
                     let message = e.to_string();
                     let serving = match self.current {
-                        Some(v) => format!("keeping the current certificate (expires {})", humantime_utc(v.not_after)),
+                        Some(v) => format!(
+                            "keeping the current certificate (expires {})",
+                            humantime_utc(v.not_after)
+                        ),
                         None => "no certificate yet: DERP TLS handshakes fail".to_owned(),
                     };
                     if last_error.as_deref() == Some(message.as_str()) {
@@ -361,7 +366,10 @@ impl Acme {
         };
         let builder = || Account::builder_with_http(Box::new(self.http.clone()));
         let account = match self.cache.load_account() {
-            Some(credentials) => builder().from_credentials(credentials).await.map_err(fail)?,
+            Some(credentials) => builder()
+                .from_credentials(credentials)
+                .await
+                .map_err(fail)?,
             None => {
                 let contact = self.opts.email.as_ref().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -425,14 +433,19 @@ impl Acme {
             let name = authz.identifier().to_string();
             let offered: Vec<ChallengeType> =
                 authz.challenges.iter().map(|c| c.r#type.clone()).collect();
-            let kind = schedule::pick_challenge(self.opts.challenge, &offered, main_port, have_http)
-                .ok_or_else(|| {
-                    IssueError::NoChallenge(format!(
-                        "the CA offers {offered:?} for {name}, none of which this relay can answer \
+            let kind = schedule::pick_challenge(
+                self.opts.challenge,
+                &offered,
+                main_port,
+                have_http,
+            )
+            .ok_or_else(|| {
+                IssueError::NoChallenge(format!(
+                    "the CA offers {offered:?} for {name}, none of which this relay can answer \
                          with --acme-challenge {:?} (HTTP-01 needs --http-port)",
-                        self.opts.challenge
-                    ))
-                })?;
+                    self.opts.challenge
+                ))
+            })?;
             let mut challenge = authz
                 .challenge(kind.clone())
                 .ok_or_else(|| IssueError::NoChallenge(format!("{kind:?} vanished for {name}")))?;
@@ -465,7 +478,11 @@ impl Acme {
                 if authz.refresh().await.is_ok() {
                     for c in &authz.challenges {
                         if let Some(problem) = &c.error {
-                            reasons.push(format!("{} {:?}: {problem}", authz.identifier(), c.r#type));
+                            reasons.push(format!(
+                                "{} {:?}: {problem}",
+                                authz.identifier(),
+                                c.r#type
+                            ));
                         }
                     }
                 }
@@ -498,10 +515,9 @@ impl Acme {
         let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| IssueError::Finalize(format!("certificate chain is not PEM: {e}")))?;
-        let validity = chain
-            .first()
-            .and_then(Validity::of)
-            .ok_or_else(|| IssueError::Finalize("no parsable certificate in the answer".to_owned()))?;
+        let validity = chain.first().and_then(Validity::of).ok_or_else(|| {
+            IssueError::Finalize("no parsable certificate in the answer".to_owned())
+        })?;
         let provider = rustls::crypto::ring::default_provider();
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let origin = self.cache.cert_path().to_owned();

@@ -77,7 +77,10 @@ mod tests {
     fn renews_after_two_thirds() {
         let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let end = start + Duration::from_secs(90 * 86_400);
-        assert_eq!(renew_at(start, end), start + Duration::from_secs(60 * 86_400));
+        assert_eq!(
+            renew_at(start, end),
+            start + Duration::from_secs(60 * 86_400)
+        );
         assert_eq!(
             renew_in(start, end, start + Duration::from_secs(59 * 86_400)),
             Duration::from_secs(86_400)

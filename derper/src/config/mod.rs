@@ -224,8 +224,7 @@ impl Settings {
         {
             return Err(ConfigError::Invalid {
                 key: "tls.acme_challenge",
-                reason: "http-01 is answered on the --http-port listener, which is disabled"
-                    .into(),
+                reason: "http-01 is answered on the --http-port listener, which is disabled".into(),
             });
         }
         let tls = tls_options;

@@ -187,7 +187,10 @@ impl std::fmt::Debug for TlsSettings {
             .field("acme_email", &self.acme_email)
             .field("acme_eab_kid", &self.acme_eab_kid)
             // The EAB key is a secret.
-            .field("acme_eab_key", &self.acme_eab_key.as_ref().map(|_| "<secret>"))
+            .field(
+                "acme_eab_key",
+                &self.acme_eab_key.as_ref().map(|_| "<secret>"),
+            )
             .field("acme_ca_file", &self.acme_ca_file)
             .field("acme_challenge", &self.acme_challenge)
             .field("acme_retry_min", &self.acme_retry_min)
@@ -228,14 +231,19 @@ impl TlsSettings {
             if hostnames.len() > defaults::ACME_MAX_HOSTNAMES {
                 return Err(invalid(
                     "tls.hostname",
-                    format!("at most {} names per certificate", defaults::ACME_MAX_HOSTNAMES),
+                    format!(
+                        "at most {} names per certificate",
+                        defaults::ACME_MAX_HOSTNAMES
+                    ),
                 ));
             }
             for h in &hostnames {
                 if h.parse::<std::net::IpAddr>().is_ok() {
                     return Err(invalid(
                         "tls.hostname",
-                        format!("{h:?} is an IP address; --certmode=letsencrypt needs DNS names (use --certmode=manual for a self-signed IP certificate)"),
+                        format!(
+                            "{h:?} is an IP address; --certmode=letsencrypt needs DNS names (use --certmode=manual for a self-signed IP certificate)"
+                        ),
                     ));
                 }
             }
@@ -243,7 +251,10 @@ impl TlsSettings {
         if !self.acme_directory.starts_with("https://") {
             return Err(invalid(
                 "tls.acme_directory",
-                format!("{:?} is not an https:// URL (--acme-directory)", self.acme_directory),
+                format!(
+                    "{:?} is not an https:// URL (--acme-directory)",
+                    self.acme_directory
+                ),
             ));
         }
         crate::acme::ChallengePreference::parse(&self.acme_challenge)
@@ -269,7 +280,10 @@ impl TlsSettings {
                 ));
             }
             (None, Some(_)) => {
-                return Err(invalid("tls.acme_eab_kid", "--acme-eab-key needs --acme-eab-kid"));
+                return Err(invalid(
+                    "tls.acme_eab_kid",
+                    "--acme-eab-key needs --acme-eab-kid",
+                ));
             }
         }
         Ok(())

@@ -150,8 +150,12 @@ impl Pebble {
             if let Some(status) = pebble.child.try_wait().unwrap() {
                 panic!("pebble exited ({status}):\n{}", pebble.log());
             }
-            if TcpStream::connect(("127.0.0.1", cfg.listen_port)).await.is_ok()
-                && TcpStream::connect(("127.0.0.1", management_port)).await.is_ok()
+            if TcpStream::connect(("127.0.0.1", cfg.listen_port))
+                .await
+                .is_ok()
+                && TcpStream::connect(("127.0.0.1", management_port))
+                    .await
+                    .is_ok()
             {
                 return pebble;
             }
