@@ -408,3 +408,39 @@ async fn http_status(port: u16, path: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// The CA answers with an error (validation fails: the name resolves to an address where
+/// nothing answers): counted as `validation_failed` with the CA's reason in the one log line,
+/// retried; once DNS is fixed the next retry issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_validation_is_counted_and_retried() {
+    let Some(s) = Setup::new().await else { return };
+    // 127.0.0.2 is loopback too, but the relay listens on 127.0.0.1 only.
+    s.dns
+        .set_a(HOST, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+    let pebble = s.start_pebble(LONG_VALIDITY).await;
+    let relay = s.start_relay("invalid", "http-01", true).await;
+    assert!(
+        eventually_for(Duration::from_secs(30), || async {
+            attempts(&scrape(relay.metrics).await, "validation_failed") >= 2.0
+        })
+        .await,
+        "validation failures counted:\n{}",
+        relay.log()
+    );
+    let log = relay.log();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ACME certificate attempt failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "logged once:\n{log}");
+    assert!(
+        failures[0].contains("validation failed") && failures[0].contains("127.0.0.2"),
+        "the CA's reason: {}",
+        failures[0]
+    );
+
+    s.dns.set_a(HOST, vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    wait_for_serial(&relay, &pebble, s.main_port, ISSUE_BUDGET, |_| true).await;
+    assert_eq!(attempts(&scrape(relay.metrics).await, "issued"), 1.0);
+}

@@ -16,7 +16,7 @@
 //!
 //! **Failures keep the current certificate.** A failed attempt (CA unreachable, an error
 //! answer, failed validation) is counted by outcome in `derp_acme_attempts_total`, logged
-//! once (repeats of the same error are logged at debug until it changes or succeeds) and
+//! once (repeats of the same outcome are logged at debug until it changes or succeeds) and
 //! retried after a jittered, doubling delay from `retry_min` to `retry_max`.
 
 mod cache;
@@ -289,7 +289,9 @@ impl Acme {
         let mut backoff = Backoff::new(backoff_config);
         // The next attempt after a failure, until one succeeds.
         let mut retry_in: Option<Duration> = None;
-        let mut last_error: Option<String> = None;
+        // The outcome of the last failure: repeats of the same kind are logged at debug (their
+        // text differs anyway: tokens, URLs), so a CA that stays down is reported once.
+        let mut last_failure: Option<AcmeOutcome> = None;
         loop {
             let wait = match (retry_in, self.current) {
                 (Some(delay), _) => delay,
@@ -323,7 +325,7 @@ impl Acme {
                     self.current = Some(validity);
                     backoff.reset();
                     retry_in = None;
-                    last_error = None;
+                    last_failure = None;
                 }
                 Err(e) => {
                     self.metrics.acme_attempt(e.outcome());
@@ -337,7 +339,7 @@ impl Acme {
                         ),
                         None => "no certificate yet: DERP TLS handshakes fail".to_owned(),
                     };
-                    if last_error.as_deref() == Some(message.as_str()) {
+                    if last_failure == Some(e.outcome()) {
                         tracing::debug!(error = %message, retry_in = ?delay, attempt = backoff.attempts(), "ACME attempt failed again");
                     } else {
                         tracing::warn!(
@@ -348,7 +350,7 @@ impl Acme {
                             "ACME certificate attempt failed; {serving}"
                         );
                     }
-                    last_error = Some(message);
+                    last_failure = Some(e.outcome());
                     retry_in = Some(delay);
                 }
             }
