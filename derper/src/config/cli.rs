@@ -30,8 +30,8 @@ pub struct Cli {
     /// Development mode: random key, plain HTTP on 127.0.0.1:3340, STUN on 127.0.0.1:3478.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub dev: bool,
-    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443 or
-    /// --certmode=manual.
+    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443,
+    /// --certmode=manual, or --certmode=letsencrypt given explicitly.
     #[arg(short = 'a', long = "a", default_value = defaults::ADDR)]
     pub addr: String,
     /// Plain-HTTP port served alongside TLS (captive-portal checks, redirects); -1 disables.

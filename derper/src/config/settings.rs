@@ -66,7 +66,7 @@ impl Default for ServerSettings {
 #[non_exhaustive]
 pub struct ListenSettings {
     /// `-a`: main listener (`:port`, `ip:port`, `[ip6]:port`); TLS when the port is 443 or
-    /// `tls.certmode = "manual"`.
+    /// `tls.certmode` is set (`manual`, or `letsencrypt` written explicitly).
     pub addr: String,
     /// `--http-port`: plain-HTTP companion port when TLS is on; negative disables it.
     pub http_port: i32,
