@@ -86,6 +86,11 @@ else
     skip "install Debian packages" "not root or no apt-get: the real-NAT loadtest test will skip"
 fi
 
+supply_chain() {
+    scripts/install-cargo-deny.sh && "$REPO/.tools/bin/cargo-deny" --locked check licenses bans sources
+}
+step "cargo deny: licenses, bans (duplicates), sources" supply_chain
+
 step "cargo build (derper, stunner, loadtest)" cargo build --locked -p derper -p stunner -p loadtest
 step "cargo test" cargo test --workspace --locked --no-fail-fast
 
@@ -117,6 +122,13 @@ step "stun interop: coturn and stun-client against stunner" stun_interop
 
 if [[ -x tests/loadtest-netns.sh ]]; then
     step "loadtest with real network namespaces (root)" tests/loadtest-netns.sh
+fi
+
+if [[ $have_go -eq 1 ]]; then
+    step "install deploy tools (helm, tofu, kubevalidate, hadolint; pinned)" scripts/install-deploy-tools.sh
+    step "deploy: Dockerfile, Helm chart, Terraform, DERP maps (tests/deploy.sh)" tests/deploy.sh
+else
+    skip "deploy validation" "go is not installed: helm, tofu and kubevalidate are built from Go modules"
 fi
 
 echo

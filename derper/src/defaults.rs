@@ -190,3 +190,62 @@ pub const MESH_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// for large ones while a misconfigured name (a Service of thousands of pods) cannot make a
 /// relay dial thousands of links.
 pub const MESH_DNS_MAX_PEERS: usize = 64;
+
+/// Deadline for admitting one connection, waiting for a free call slot included (Go: 5 s
+/// per webhook request). A hanging webhook costs each connection this much, no more.
+pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an allow is reused. Reconnect storms (a restart, a flapping network) come back
+/// within seconds to minutes, so two minutes absorbs them; a node removed from the tailnet
+/// meanwhile is caught by re-verification, not by this TTL.
+pub const ADMISSION_POSITIVE_TTL: Duration = Duration::from_secs(120);
+
+/// How long a deny is reused: short, so a node just added to the tailnet gets in quickly,
+/// while a key hammering the relay asks the webhook at most once per 10 s.
+pub const ADMISSION_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+
+/// How often connected clients are verified again: a node removed from the tailnet is
+/// disconnected within this plus one webhook deadline (well within two minutes).
+pub const ADMISSION_REVERIFY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keys the admission cache holds (about 100 bytes each: 13 MiB at most). Above the
+/// connections one relay carries, so a storm of distinct keys is still answered from it.
+pub const ADMISSION_CACHE_MAX_ENTRIES: usize = 128 * 1024;
+
+/// Admission questions in flight at once, across keys: a reconnect storm reaches the
+/// webhook as at most this many concurrent requests instead of one per client.
+pub const ADMISSION_MAX_IN_FLIGHT: usize = 64;
+
+/// Largest webhook or LocalAPI answer read (Go reads 4 KiB of the webhook's).
+pub const ADMISSION_MAX_RESPONSE: usize = 4 * 1024;
+
+/// Idle time after which a kept-alive connection to the webhook is closed.
+pub const ADMISSION_IDLE_CONNECTION: Duration = Duration::from_secs(90);
+
+/// tailscaled's LocalAPI socket on Linux (Go derper's `--socket` default).
+pub const TAILSCALED_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
+
+/// How long the "rate limited" Health line stays after a client last waited for its rate
+/// limit: long enough that a client sending at the limit does not see it flicker.
+pub const RATE_LIMITED_HEALTH_HOLD: Duration = Duration::from_secs(5);
+
+/// Grace a drain gives clients to leave before the rest are closed (`--drain-grace`); under
+/// Kubernetes' default 30 s termination grace, with time left to close and exit.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(25);
+
+/// How often a drain checks whether every client has left.
+pub const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// Log output format (`--log-format`): human-readable text.
+pub const LOG_FORMAT: &str = "text";
+
+/// How often `/bootstrap-dns` names are resolved again (derper: every 10 minutes).
+pub const BOOTSTRAP_DNS_REFRESH: Duration = Duration::from_secs(600);
+
+/// How often the Prometheus recorder's upkeep runs (the exporter's own listener uses 5 s).
+pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// How long `/derpmap` keeps a peer after it was last seen healthy: longer than a relay pod's
+/// restart, so one restart does not move every client's home node, and short enough that a
+/// relay that is gone stops being offered within a minute.
+pub const DERP_MAP_KEEP: Duration = Duration::from_secs(60);

@@ -17,11 +17,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod acme;
+pub mod admin;
+pub mod admission;
 mod cert_watch;
 pub mod config;
 pub mod defaults;
+pub mod derpmap;
 pub mod http;
 pub mod keyfile;
+pub mod limits;
 mod listener;
 mod log_limit;
 pub mod mesh;
@@ -73,6 +77,12 @@ pub enum SpawnError {
     /// The mesh settings could not be used.
     #[error("mesh: {0}")]
     Mesh(#[from] mesh::MeshError),
+    /// Admission could not be set up.
+    #[error(transparent)]
+    Admission(#[from] admission::AdmissionError),
+    /// The rate config file is unusable.
+    #[error(transparent)]
+    RateConfig(#[from] limits::RateConfigError),
 }
 
 /// A running server: its addresses, and the way to stop it.
@@ -88,6 +98,8 @@ pub struct ServerHandle {
     cancel: CancellationToken,
     tasks: TaskTracker,
     mesh: Option<mesh::Mesh>,
+    rate_config_path: Option<std::path::PathBuf>,
+    drain_grace: std::time::Duration,
 }
 
 /// The relay process: listeners around a [`Relay`].
@@ -130,6 +142,11 @@ impl Server {
         let mut relay_config = RelayConfig::new(secret);
         relay_config.mesh_key = config.mesh_key.clone();
         relay_config.settings = config.relay;
+        let admission = admission::Admission::from_settings(&config.admission)?;
+        relay_config.admission = admission.clone();
+        if let Some(path) = &config.limits.rate_config {
+            relay_config.rate = limits::RateConfig::load(path)?;
+        }
         let relay = Relay::new(relay_config, metrics.clone());
 
         let server_key = relay.public_key();
@@ -161,14 +178,6 @@ impl Server {
         let tasks = TaskTracker::new();
         // If start-up fails after a task was spawned (mesh links, STUN), stop it again.
         let stop_on_error = cancel.clone().drop_guard();
-        let ctx = Arc::new(HttpContext {
-            relay: relay.clone(),
-            home: config.home.clone(),
-            derp_enabled: config.derp_enabled,
-            upgrade_response: relay.upgrade_response(),
-            acme: acme.as_ref().map(acme::Acme::challenges),
-        });
-
         let main = bind_with_fallback(config.addr)?;
         let main_addr = main.local_addr().map_err(|source| SpawnError::Bind {
             addr: config.addr,
@@ -192,6 +201,29 @@ impl Server {
         } else {
             None
         };
+        let bootstrap_dns = (!config.bootstrap_dns_names.is_empty()).then(|| {
+            Arc::new(http::bootstrap_dns::BootstrapDns::new(
+                config.bootstrap_dns_names.clone(),
+            ))
+        });
+        let ctx = Arc::new(HttpContext {
+            relay: relay.clone(),
+            home: config.home.clone(),
+            derp_enabled: config.derp_enabled,
+            upgrade_response: relay.upgrade_response(),
+            acme: acme.as_ref().map(acme::Acme::challenges),
+            bootstrap_dns: bootstrap_dns.clone(),
+            derp_map: config.derp_map.clone().map(|node| {
+                let pin = tls.as_ref().and_then(|t| t.cert_pin.clone());
+                Arc::new(derpmap::DerpMapSource::new(
+                    node,
+                    pin,
+                    relay.clone(),
+                    mesh.clone(),
+                ))
+            }),
+        });
+
         let mut http_addr = None;
         let mut loops = vec![AcceptLoop {
             listener: main,
@@ -202,6 +234,7 @@ impl Server {
             metrics: metrics.clone(),
             tcp_keepalive: config.tcp_keepalive,
             tcp_user_timeout: config.tcp_user_timeout,
+            accept_rate: config.limits.accept_limit(),
         }];
         if let Some(addr) = config.http_addr {
             let l = bind_with_fallback(addr)?;
@@ -215,6 +248,7 @@ impl Server {
                 metrics: metrics.clone(),
                 tcp_keepalive: config.tcp_keepalive,
                 tcp_user_timeout: config.tcp_user_timeout,
+                accept_rate: None,
             });
         }
 
@@ -229,6 +263,14 @@ impl Server {
             stun_addrs = stun.local_addrs();
             let c = cancel.clone();
             tasks.spawn(async move { stun.run(c).await });
+        }
+
+        if let Some(a) = admission {
+            tasks.spawn(admission::reverify_loop(a, relay.clone(), cancel.clone()));
+        }
+        if let Some(dns) = bootstrap_dns {
+            let c = cancel.clone();
+            tasks.spawn(async move { dns.run(c).await });
         }
 
         for l in loops {
@@ -254,6 +296,8 @@ impl Server {
             cancel,
             tasks,
             mesh,
+            rate_config_path: config.limits.rate_config.clone(),
+            drain_grace: config.drain_grace,
         })
     }
 }
@@ -324,6 +368,45 @@ impl ServerHandle {
             "{scheme}://{}/derp",
             SocketAddr::new(ip, self.main_addr.port())
         )
+    }
+
+    /// Reads `--rate-config` again and applies it to every client without reconnecting them.
+    /// A bad file keeps the limit in force and says why. `Ok(None)`: no rate config file.
+    pub fn reload_rate_config(
+        &self,
+    ) -> Result<Option<limits::RateConfig>, limits::RateConfigError> {
+        let Some(path) = &self.rate_config_path else {
+            return Ok(None);
+        };
+        let metrics = self.relay.metrics();
+        match limits::RateConfig::load(path) {
+            Ok(rc) => {
+                metrics.rate_config_reloaded.increment(1);
+                Ok(Some(self.relay.set_rate_config(rc)))
+            }
+            Err(e) => {
+                metrics.rate_config_reload_failed.increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drains: readiness off, new connections refused, every client told (Health text and
+    /// Restarting); then waits until clients have left or `--drain-grace` passes. Does not
+    /// close anything: [`ServerHandle::shutdown`] does that. Returns whether every client left.
+    pub async fn drain(&self) -> bool {
+        let grace = self.drain_grace;
+        if self.relay.begin_drain(grace, defaults::RESTART_HINT) {
+            self.relay.metrics().draining.set(1.0);
+            tracing::info!(
+                clients = self.relay.regular_connection_count(),
+                grace = %config::format_go_duration(grace),
+                "draining: not ready, refusing new connections, clients told to move"
+            );
+        }
+        tokio::time::timeout(grace, self.relay.drained(defaults::DRAIN_POLL))
+            .await
+            .is_ok()
     }
 
     /// Stops accepting, sends Restarting to every client, closes all connections and waits for

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::defaults;
 use crate::http::{self, HttpContext};
 use crate::metrics::{HandshakeFailure, Metrics};
+use crate::relay::limiter::TokenBucket;
 
 /// Which HTTP behaviour a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub(crate) struct AcceptLoop {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tcp_keepalive: Duration,
     pub(crate) tcp_user_timeout: Duration,
+    /// `--accept-connection-limit`: (connections per second, burst), main listener only.
+    pub(crate) accept_rate: Option<(f64, u32)>,
 }
 
 fn is_fd_exhaustion(e: &std::io::Error) -> bool {
@@ -52,6 +55,10 @@ impl AcceptLoop {
     pub(crate) async fn run(self, cancel: CancellationToken, tasks: TaskTracker) {
         let mut last_fd_log: Option<Instant> = None;
         let mut last_limit_log: Option<Instant> = None;
+        let mut last_rate_log: Option<Instant> = None;
+        let mut accept_rate = self
+            .accept_rate
+            .map(|(rate, burst)| TokenBucket::new(rate, burst, Instant::now()));
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -75,6 +82,20 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            if let Some(bucket) = &mut accept_rate {
+                // As derper: accept and close at once rather than leave connections queued in
+                // the kernel, so clients see the refusal and back off.
+                if !bucket.allow(Instant::now()) {
+                    self.metrics.accept_limit_rejected.increment(1);
+                    if last_rate_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!("accept rate limit reached: closing new connections");
+                        last_rate_log = Some(Instant::now());
+                    }
+                    drop(stream);
+                    continue;
+                }
+                self.metrics.accept_limit_accepted.increment(1);
+            }
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
                 // Over the limit: close at once so the client fails fast and retries elsewhere.
                 self.metrics.connection_limit_rejections.increment(1);
@@ -197,6 +218,8 @@ mod tests {
             derp_enabled: true,
             upgrade_response: bytes::Bytes::new(),
             acme: None,
+            bootstrap_dns: None,
+            derp_map: None,
         });
         let metrics = relay.metrics().clone();
         let accept = relay.accept(

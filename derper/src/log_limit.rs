@@ -52,6 +52,10 @@ pub(crate) static BAD_CONNECTIONS: LogLimiter = LogLimiter::new();
 /// than a watcher reads can trigger these).
 pub(crate) static SLOW_WATCHERS: LogLimiter = LogLimiter::new();
 
+/// Lines about admission backends giving no answer (a hanging webhook under a reconnect storm
+/// would otherwise log once per connection) and about refused clients.
+pub(crate) static ADMISSION: LogLimiter = LogLimiter::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,16 @@ pub mod names {
     pub const ACCEPT_ERRORS_TOTAL: &str = "derp_accept_errors_total";
     /// `derp_accepts_total`.
     pub const ACCEPTS_TOTAL: &str = "derp_accepts_total";
+    /// `derp_admission_cache_entries`.
+    pub const ADMISSION_CACHE_ENTRIES: &str = "derp_admission_cache_entries";
+    /// `derp_admission_cache_evictions_total`.
+    pub const ADMISSION_CACHE_EVICTIONS_TOTAL: &str = "derp_admission_cache_evictions_total";
+    /// `derp_admission_calls_total`.
+    pub const ADMISSION_CALLS_TOTAL: &str = "derp_admission_calls_total";
+    /// `derp_admission_decisions_total`.
+    pub const ADMISSION_DECISIONS_TOTAL: &str = "derp_admission_decisions_total";
+    /// `derp_admission_revoked_total`.
+    pub const ADMISSION_REVOKED_TOTAL: &str = "derp_admission_revoked_total";
     /// `derp_bytes_dropped_total`.
     pub const BYTES_DROPPED_TOTAL: &str = "derp_bytes_dropped_total";
     /// `derp_bytes_received_total`.
@@ -95,6 +105,21 @@ pub mod names {
     pub const PEER_GONE_FRAMES_TOTAL: &str = "derp_peer_gone_frames_total";
     /// `derp_peer_gone_watchers_dropped_total`.
     pub const PEER_GONE_WATCHERS_DROPPED_TOTAL: &str = "derp_peer_gone_watchers_dropped_total";
+    /// `derp_draining`.
+    pub const DRAINING: &str = "derp_draining";
+    /// `derp_rate_config_reloads_total`.
+    pub const RATE_CONFIG_RELOADS_TOTAL: &str = "derp_rate_config_reloads_total";
+    /// `derp_rate_limit_per_client_bytes_per_second` (derper's name).
+    pub const RATE_LIMIT_PER_CLIENT_BYTES_PER_SECOND: &str =
+        "derp_rate_limit_per_client_bytes_per_second";
+    /// `derp_rate_limit_per_client_burst_bytes` (derper's name).
+    pub const RATE_LIMIT_PER_CLIENT_BURST_BYTES: &str = "derp_rate_limit_per_client_burst_bytes";
+    /// `derp_rate_limit_per_client_waited` (derper's name).
+    pub const RATE_LIMIT_PER_CLIENT_WAITED: &str = "derp_rate_limit_per_client_waited";
+    /// `tls_listener_accepted_connections` (derper's name for its accept-rate limiter).
+    pub const TLS_LISTENER_ACCEPTED_CONNECTIONS: &str = "tls_listener_accepted_connections";
+    /// `tls_listener_rejected_connections` (derper's name).
+    pub const TLS_LISTENER_REJECTED_CONNECTIONS: &str = "tls_listener_rejected_connections";
     /// `derp_queue_delay_seconds`.
     pub const QUEUE_DELAY_SECONDS: &str = "derp_queue_delay_seconds";
     /// `derp_sent_pong_total`.
@@ -212,16 +237,19 @@ pub enum HandshakeFailure {
     TooManyDups,
     /// The HTTP request before the DERP stream was not acceptable.
     Http,
+    /// Admission (webhook, local tailscaled) refused the client.
+    NotAdmitted,
 }
 
 impl HandshakeFailure {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Timeout,
         Self::Io,
         Self::Protocol,
         Self::MeshKey,
         Self::TooManyDups,
         Self::Http,
+        Self::NotAdmitted,
     ];
 
     fn as_str(self) -> &'static str {
@@ -232,6 +260,7 @@ impl HandshakeFailure {
             Self::MeshKey => "mesh_key",
             Self::TooManyDups => "too_many_dups",
             Self::Http => "http",
+            Self::NotAdmitted => "not_admitted",
         }
     }
 }
@@ -350,7 +379,7 @@ pub struct Metrics {
     /// `derp_bytes_dropped_total{reason,kind}`.
     bytes_dropped: [[Counter; 2]; 8],
     /// `derp_handshake_failures_total{reason}`.
-    handshake_failures: [Counter; 6],
+    handshake_failures: [Counter; 7],
     /// `derp_peer_gone_frames_total{reason=disconnected}`.
     pub peer_gone_disconnected: Counter,
     /// `derp_peer_gone_frames_total{reason=not_here}`.
@@ -413,6 +442,26 @@ pub struct Metrics {
     cert_not_after: Gauge,
     /// `derp_cert_reload_total{outcome}`: manual certificate reloads (file change or SIGHUP).
     cert_reloads: [Counter; 2],
+    /// `derp_rate_limit_per_client_bytes_per_second` (derper's name): the per-client receive
+    /// rate in force, 0 when off.
+    rate_limit_bytes_per_second: Gauge,
+    /// `derp_rate_limit_per_client_burst_bytes` (derper's name).
+    rate_limit_burst_bytes: Gauge,
+    /// `derp_rate_limit_per_client_waited` (derper's name): times a client's frame had to wait
+    /// for its rate limit.
+    pub rate_limit_waited: Counter,
+    /// `derp_rate_config_reloads_total{result}`: `--rate-config` reloads applied or refused.
+    pub rate_config_reloaded: Counter,
+    /// `derp_rate_config_reloads_total{result="error"}`.
+    pub rate_config_reload_failed: Counter,
+    /// `tls_listener_accepted_connections` (derper's name): connections the accept-rate
+    /// limiter let through.
+    pub accept_limit_accepted: Counter,
+    /// `tls_listener_rejected_connections` (derper's name): connections closed at once by the
+    /// accept-rate limiter.
+    pub accept_limit_rejected: Counter,
+    /// `derp_draining`: 1 while the relay drains.
+    pub draining: Gauge,
     /// `derp_write_batch_frames`: frames written per flush.
     pub write_batch_frames: Histogram,
     /// `derp_queue_delay_seconds`: age of the oldest packet in each written batch.
@@ -473,9 +522,24 @@ impl Metrics {
             cert_not_after: gauge!(names::CERT_NOT_AFTER_TIMESTAMP_SECONDS),
             cert_reloads: ["reloaded", "failed"]
                 .map(|o| counter!(names::CERT_RELOAD_TOTAL, "outcome" => o)),
+            rate_limit_bytes_per_second: gauge!(names::RATE_LIMIT_PER_CLIENT_BYTES_PER_SECOND),
+            rate_limit_burst_bytes: gauge!(names::RATE_LIMIT_PER_CLIENT_BURST_BYTES),
+            rate_limit_waited: counter!(names::RATE_LIMIT_PER_CLIENT_WAITED),
+            rate_config_reloaded: counter!(names::RATE_CONFIG_RELOADS_TOTAL, "result" => "ok"),
+            rate_config_reload_failed: counter!(names::RATE_CONFIG_RELOADS_TOTAL, "result" => "error"),
+            accept_limit_accepted: counter!(names::TLS_LISTENER_ACCEPTED_CONNECTIONS),
+            accept_limit_rejected: counter!(names::TLS_LISTENER_REJECTED_CONNECTIONS),
+            draining: gauge!(names::DRAINING),
             write_batch_frames: histogram!(names::WRITE_BATCH_FRAMES),
             queue_delay: histogram!(names::QUEUE_DELAY_SECONDS),
         }
+    }
+
+    /// Publishes the per-client rate limit in force.
+    pub fn rate_config(&self, rc: &crate::limits::RateConfig) {
+        self.rate_limit_bytes_per_second
+            .set(rc.bytes_per_sec as f64);
+        self.rate_limit_burst_bytes.set(rc.burst_bytes as f64);
     }
 
     /// Counts one dropped packet of `len` bytes.
@@ -646,6 +710,33 @@ fn describe() {
         "Connections closed because a write missed its deadline"
     );
     describe_counter!(names::ACCEPT_ERRORS_TOTAL, "TCP accept failures, by reason");
+    describe_gauge!(
+        names::RATE_LIMIT_PER_CLIENT_BYTES_PER_SECOND,
+        Unit::Bytes,
+        "Per-client receive rate limit in force, bytes per second (0: off; derper's name)"
+    );
+    describe_gauge!(
+        names::RATE_LIMIT_PER_CLIENT_BURST_BYTES,
+        Unit::Bytes,
+        "Per-client receive burst in force, bytes (derper's name)"
+    );
+    describe_counter!(
+        names::RATE_LIMIT_PER_CLIENT_WAITED,
+        "Frames that waited for their client's rate limit before being read (derper's name)"
+    );
+    describe_counter!(
+        names::RATE_CONFIG_RELOADS_TOTAL,
+        "--rate-config reloads (SIGHUP), by result (ok, error: the previous limit stays)"
+    );
+    describe_counter!(
+        names::TLS_LISTENER_ACCEPTED_CONNECTIONS,
+        "Connections let through by the accept-rate limiter (derper's name)"
+    );
+    describe_counter!(
+        names::TLS_LISTENER_REJECTED_CONNECTIONS,
+        "Connections closed at accept by the accept-rate limiter (derper's name)"
+    );
+    describe_gauge!(names::DRAINING, "1 while the relay is draining");
     describe_counter!(
         names::CONNECTION_LIMIT_REJECTIONS_TOTAL,
         "Connections closed at accept because the connection limit was reached"

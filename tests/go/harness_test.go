@@ -186,6 +186,8 @@ type serverOpts struct {
 	keyPathRel string
 	// certDir overrides -certdir (TLS mode), e.g. to reuse a generated cert.
 	certDir string
+	// oursArgs are appended when the server is ours (flags Tailscale's derper lacks).
+	oursArgs []string
 }
 
 func (s *server) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
@@ -315,6 +317,9 @@ func tryStartServer(t testing.TB, bin string, o serverOpts) (*server, error) {
 	}
 
 	args := s.serverArgs()
+	if flavor() == "ours" {
+		args = append(args, o.oursArgs...)
+	}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout = s.output
 	s.cmd.Stderr = s.output

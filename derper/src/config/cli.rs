@@ -135,26 +135,79 @@ pub struct Cli {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
+    /// Admit only node keys the local tailscaled knows (LocalAPI whois over --socket).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub verify_clients: bool,
+    /// tailscaled's LocalAPI socket for --verify-clients.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Admission webhook (derper's JSON, e.g. Headscale's `/verify`) asked before a client
+    /// may connect.
+    #[arg(long)]
+    pub verify_client_url: Option<String>,
+    /// Admit clients when the admission backend gives no answer (default: refuse them).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub verify_client_url_fail_open: bool,
+    /// Deadline for admitting one connection (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::ADMISSION_TIMEOUT))]
+    pub verify_client_timeout: GoDuration,
+    /// How long an admission is reused for reconnects of the same key (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::ADMISSION_POSITIVE_TTL))]
+    pub verify_client_positive_ttl: GoDuration,
+    /// How long a refusal is reused (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::ADMISSION_NEGATIVE_TTL))]
+    pub verify_client_negative_ttl: GoDuration,
+    /// File holding a token sent to the webhook as `Authorization: Bearer <token>`.
+    #[arg(long)]
+    pub verify_client_bearer_token_file: Option<PathBuf>,
+    /// How often connected clients are verified again; refused keys are disconnected
+    /// (Go duration, `0` disables).
+    #[arg(long, default_value_t = GoDuration(defaults::ADMISSION_REVERIFY_INTERVAL))]
+    pub verify_client_reverify: GoDuration,
+
+    /// New connections accepted per second on the main listener; more are closed at once.
+    #[arg(long)]
+    pub accept_connection_limit: Option<f64>,
+    /// Connections accepted at once above --accept-connection-limit (default: one second's
+    /// worth).
+    #[arg(long)]
+    pub accept_connection_burst: Option<u32>,
+    /// derper's JSON rate config (`PerClientRateLimitBytesPerSec`, `PerClientRateBurstBytes`),
+    /// reloaded on SIGHUP.
+    #[arg(long)]
+    pub rate_config: Option<PathBuf>,
+    /// How long a drain (SIGTERM, POST /admin/drain) waits for clients to leave (Go duration).
+    #[arg(long, default_value_t = GoDuration(defaults::DRAIN_GRACE))]
+    pub drain_grace: GoDuration,
+    /// Comma list of host names whose addresses /bootstrap-dns serves.
+    #[arg(long)]
+    pub bootstrap_dns_names: Option<String>,
+    /// Region ID for the live DERP map at /derpmap (served only when set).
+    #[arg(long)]
+    pub derp_map_region_id: Option<u32>,
+    /// Region code for /derpmap, e.g. `fra`.
+    #[arg(long)]
+    pub derp_map_region_code: Option<String>,
+    /// Region name for /derpmap, e.g. `Frankfurt`.
+    #[arg(long)]
+    pub derp_map_region_name: Option<String>,
+    /// This node's name in /derpmap (default: --hostname).
+    #[arg(long)]
+    pub derp_map_node_name: Option<String>,
+    /// This node's public IPv4 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv4: Option<String>,
+    /// This node's public IPv6 address in /derpmap.
+    #[arg(long)]
+    pub derp_map_ipv6: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = defaults::LOG_FORMAT)]
+    pub log_format: String,
+
     // Flags Go derper has that this relay does not implement yet. They are parsed so an existing
     // unit file gets a clear refusal instead of "unknown flag".
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub verify_clients: bool,
-    #[arg(long, hide = true)]
-    pub verify_client_url: Option<String>,
-    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
-    pub verify_client_url_fail_open: bool,
-    #[arg(long, hide = true)]
-    pub socket: Option<String>,
-    #[arg(long, hide = true)]
-    pub bootstrap_dns_names: Option<String>,
     #[arg(long, hide = true)]
     pub unpublished_bootstrap_dns_names: Option<String>,
-    #[arg(long, hide = true)]
-    pub accept_connection_limit: Option<String>,
-    #[arg(long, hide = true)]
-    pub accept_connection_burst: Option<String>,
-    #[arg(long, hide = true)]
-    pub rate_config: Option<String>,
     #[arg(long, hide = true)]
     pub secrets_url: Option<String>,
     #[arg(long, hide = true)]
@@ -376,6 +429,71 @@ impl CommandLine {
         if self.given("mesh_allow_plain") {
             s.mesh.allow_plain = c.mesh_allow_plain;
         }
+        if let Some(rate) = c.accept_connection_limit {
+            s.limits.accept_connection_limit = Some(rate);
+        }
+        if let Some(burst) = c.accept_connection_burst {
+            s.limits.accept_connection_burst = Some(burst);
+        }
+        if let Some(path) = &c.rate_config {
+            s.limits.rate_config = Some(path.clone());
+        }
+        if self.given("drain_grace") {
+            s.server.drain_grace = c.drain_grace.0;
+        }
+        if let Some(names) = &c.bootstrap_dns_names {
+            s.server.bootstrap_dns_names = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        if self.given("log_format") {
+            s.server.log_format = c.log_format.clone();
+        }
+        if let Some(id) = c.derp_map_region_id {
+            s.derp_map.region_id = Some(id);
+        }
+        for (flag, key) in [
+            (&c.derp_map_region_code, &mut s.derp_map.region_code),
+            (&c.derp_map_region_name, &mut s.derp_map.region_name),
+            (&c.derp_map_node_name, &mut s.derp_map.node_name),
+            (&c.derp_map_ipv4, &mut s.derp_map.ipv4),
+            (&c.derp_map_ipv6, &mut s.derp_map.ipv6),
+        ] {
+            if let Some(v) = flag {
+                *key = v.clone();
+            }
+        }
+        if let Some(url) = &c.verify_client_url {
+            s.admission.verify_client_url = Some(url.clone());
+        }
+        if self.given("verify_clients") {
+            s.admission.verify_clients = c.verify_clients;
+        }
+        if let Some(path) = &c.socket {
+            s.admission.tailscaled_socket = Some(path.clone());
+        }
+        if self.given("verify_client_url_fail_open") {
+            s.admission.fail_open = c.verify_client_url_fail_open;
+        }
+        if self.given("verify_client_timeout") {
+            s.admission.timeout = c.verify_client_timeout.0;
+        }
+        if self.given("verify_client_positive_ttl") {
+            s.admission.positive_ttl = c.verify_client_positive_ttl.0;
+        }
+        if self.given("verify_client_negative_ttl") {
+            s.admission.negative_ttl = c.verify_client_negative_ttl.0;
+        }
+        if let Some(path) = &c.verify_client_bearer_token_file {
+            s.admission.bearer_token_file = Some(path.clone());
+        }
+        if self.given("verify_client_reverify") {
+            let d = c.verify_client_reverify.0;
+            s.admission.reverify_interval = (!d.is_zero()).then_some(d);
+        }
     }
 }
 
@@ -391,34 +509,9 @@ impl Cli {
             }
         };
         unsupported(
-            self.verify_clients,
-            "--verify-clients",
-            "client admission is planned",
-        )?;
-        unsupported(
-            self.verify_client_url.is_some(),
-            "--verify-client-url",
-            "client admission is planned",
-        )?;
-        unsupported(
-            self.socket.is_some(),
-            "--socket",
-            "only used with --verify-clients",
-        )?;
-        unsupported(
-            self.bootstrap_dns_names.is_some() || self.unpublished_bootstrap_dns_names.is_some(),
-            "--bootstrap-dns-names",
-            "bootstrap DNS is not served",
-        )?;
-        unsupported(
-            self.accept_connection_limit.is_some() || self.accept_connection_burst.is_some(),
-            "--accept-connection-limit",
-            "use --max-connections",
-        )?;
-        unsupported(
-            self.rate_config.is_some(),
-            "--rate-config",
-            "per-client rate limits are planned",
+            self.unpublished_bootstrap_dns_names.is_some(),
+            "--unpublished-bootstrap-dns-names",
+            "list the names in --bootstrap-dns-names",
         )?;
         unsupported(
             self.secrets_url.is_some()

@@ -150,27 +150,6 @@ pub(crate) mod go_duration {
     }
 }
 
-/// Serde helper for optional `Duration` fields; `None` is left out of the file
-/// (`#[serde(default, with = "opt_go_duration", skip_serializing_if = "Option::is_none")]`).
-pub(crate) mod opt_go_duration {
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::go_duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        super::go_duration::deserialize(d).map(Some)
-    }
-}
-
 /// Serde helper for a deadline that `0` disables, as Go's `-tcp-write-timeout`: `None` is
 /// written as `"0s"`.
 pub(crate) mod zero_disables {

@@ -126,10 +126,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`listen.stun_addrs`"), "{err}");
-        let err = parse("[limits.per_client]\nburst = -1\n")
+        let err = parse("[limits]\naccept_connection_burst = -1\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`limits.per_client.burst`"), "{err}");
+        assert!(err.contains("`limits.accept_connection_burst`"), "{err}");
     }
 
     #[test]

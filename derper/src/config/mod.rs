@@ -21,7 +21,7 @@ pub use self::cli::{Cli, CommandLine, normalize_go_flags};
 pub(crate) use self::duration::go_duration;
 pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
 pub use self::settings::{
-    AdmissionSettings, LimitsSettings, ListenSettings, MeshSettings, PerClientLimits,
+    AdmissionSettings, DerpMapSettings, LimitsSettings, ListenSettings, MeshSettings,
     RelaySettings, ServerSettings, Settings, TlsSettings,
 };
 use crate::acme::{AcmeOptions, ChallengePreference, ExternalAccount};
@@ -147,6 +147,16 @@ pub struct ServerConfig {
     pub tcp_keepalive: Duration,
     /// TCP_USER_TIMEOUT.
     pub tcp_user_timeout: Duration,
+    /// Client admission (webhook, local tailscaled).
+    pub admission: AdmissionSettings,
+    /// Accept-rate and per-client rate limits.
+    pub limits: LimitsSettings,
+    /// How long a drain waits for clients to leave.
+    pub drain_grace: Duration,
+    /// Names `/bootstrap-dns` serves.
+    pub bootstrap_dns_names: Vec<String>,
+    /// The live map's region and node (`/derpmap`); `None` when no region is configured.
+    pub derp_map: Option<crate::derpmap::NodeConfig>,
 }
 
 impl ServerConfig {
@@ -171,6 +181,11 @@ impl ServerConfig {
             max_connections: None,
             tcp_keepalive: defaults.listen.tcp_keepalive_time,
             tcp_user_timeout: defaults.listen.tcp_user_timeout,
+            admission: defaults.admission,
+            limits: defaults.limits,
+            drain_grace: defaults.server.drain_grace,
+            bootstrap_dns_names: Vec::new(),
+            derp_map: None,
         }
     }
 }
@@ -187,9 +202,9 @@ impl Settings {
             tls,
             relay,
             mesh,
-            // Refused by `validate` when set; nothing to carry over yet.
-            admission: _,
-            limits: _,
+            admission,
+            limits,
+            derp_map,
         } = self;
         let addr = parse_listen(&listen.addr)?;
         let cert_mode = parse_cert_mode(tls.cert_mode())?;
@@ -241,6 +256,28 @@ impl Settings {
             (None, false) if is_root() => KeySource::File(PathBuf::from(defaults::ROOT_KEY_FILE)),
             (None, false) => return Err(ConfigError::MissingKeyFile),
         };
+        let derp_map_node = derp_map
+            .region_id
+            .map(|region_id| crate::derpmap::NodeConfig {
+                region_id,
+                region_code: derp_map.region_code.clone(),
+                region_name: derp_map.region_name.clone(),
+                node_name: if derp_map.node_name.is_empty() {
+                    tls.as_ref()
+                        .map_or_else(|| addr.ip().to_string(), |t| t.hostname.clone())
+                } else {
+                    derp_map.node_name.clone()
+                },
+                host_name: tls
+                    .as_ref()
+                    .map_or_else(|| addr.ip().to_string(), |t| t.hostname.clone()),
+                ipv4: derp_map.ipv4.clone(),
+                ipv6: derp_map.ipv6.clone(),
+                derp_port: addr.port(),
+                stun_port: if listen.stun { listen.stun_port } else { 0 },
+                plain: tls.is_none(),
+                can_port80: tls.is_some() && listen.http_port == 80,
+            });
         let mesh_key = match &mesh.psk_file {
             None => None,
             Some(path) => Some(read_mesh_key(path)?),
@@ -262,6 +299,11 @@ impl Settings {
             max_connections: listen.max_connections,
             tcp_keepalive: listen.tcp_keepalive_time,
             tcp_user_timeout: listen.tcp_user_timeout,
+            admission,
+            limits,
+            drain_grace: server.drain_grace,
+            bootstrap_dns_names: server.bootstrap_dns_names,
+            derp_map: derp_map_node,
         })
     }
 }

@@ -1,8 +1,7 @@
 //! The configuration schema: what `--config-file` accepts and `--print-config` prints.
 //!
 //! Every section denies unknown keys and fills missing ones from [`crate::defaults`].
-//! Durations are Go duration strings (`"2s"`, `"1m30s"`). `[admission]` and `[limits]` describe features that are not built yet: they are parsed and
-//! checked now, and setting them is refused at start-up rather than silently ignored.
+//! Durations are Go duration strings (`"2s"`, `"1m30s"`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use super::duration::{go_duration, opt_go_duration, zero_disables};
+use super::duration::{go_duration, zero_disables};
 use crate::defaults;
 
 /// Every setting of the relay process, grouped as the config file's sections.
@@ -29,10 +28,12 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// `[mesh]`: the mesh key and outbound peering.
     pub mesh: MeshSettings,
-    /// `[admission]`: client verification (not built yet).
+    /// `[admission]`: client verification.
     pub admission: AdmissionSettings,
-    /// `[limits]`: accept and per-client rate limits (not built yet).
+    /// `[limits]`: accept and per-client rate limits.
     pub limits: LimitsSettings,
+    /// `[derp_map]`: this relay's region and node, for the live map at `/derpmap`.
+    pub derp_map: DerpMapSettings,
 }
 
 /// `[server]`: identity and what the HTTP side serves.
@@ -48,6 +49,15 @@ pub struct ServerSettings {
     pub derp: bool,
     /// `--home`: empty for the built-in page, `blank`, or an http(s) URL to redirect to.
     pub home: String,
+    /// `--drain-grace`: how long a drain (SIGTERM, `POST /admin/drain`) waits for clients to
+    /// leave before closing the rest.
+    #[serde(with = "go_duration")]
+    pub drain_grace: Duration,
+    /// `--bootstrap-dns-names`: host names whose addresses `/bootstrap-dns` serves (derper's
+    /// DNS fallback for clients whose resolver fails).
+    pub bootstrap_dns_names: Vec<String>,
+    /// `--log-format`: `text` or `json` (one JSON object per line).
+    pub log_format: String,
 }
 
 impl Default for ServerSettings {
@@ -56,6 +66,9 @@ impl Default for ServerSettings {
             key_file: None,
             derp: defaults::SERVE_DERP,
             home: defaults::HOME_PAGE.into(),
+            drain_grace: defaults::DRAIN_GRACE,
+            bootstrap_dns_names: Vec::new(),
+            log_format: defaults::LOG_FORMAT.into(),
         }
     }
 }
@@ -517,36 +530,64 @@ impl MeshSettings {
     }
 }
 
-/// `[admission]`: verifying clients before they may connect (not built yet).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `[admission]`: verifying clients before they may connect (mesh peers are exempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AdmissionSettings {
-    /// Not built yet. URL asked whether a client key may connect (Go:
-    /// `-verify-client-url`).
+    /// `--verify-client-url`: admission webhook asked with derper's JSON
+    /// (`tailcfg.DERPAdmitClientRequest`), e.g. Headscale's `/verify`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify_client_url: Option<String>,
-    /// Not built yet. Admit clients when the URL cannot be reached.
+    /// `--verify-clients`: ask the local tailscaled (LocalAPI whois) whether the node key is
+    /// in its tailnet.
+    pub verify_clients: bool,
+    /// `--socket`: the tailscaled LocalAPI socket; unset: [`defaults::TAILSCALED_SOCKET`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fail_open: Option<bool>,
-    /// Not built yet. Deadline for one verification request.
-    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Not built yet. How long an admission is cached.
-    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
-    pub positive_ttl: Option<Duration>,
-    /// Not built yet. How long a refusal is cached.
-    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
-    pub negative_ttl: Option<Duration>,
-    /// Not built yet. File holding the bearer token sent to the URL.
+    pub tailscaled_socket: Option<PathBuf>,
+    /// `--verify-client-url-fail-open`: admit clients when no backend answers. Off by default
+    /// (unlike derper): an outage must not open a private relay to everyone.
+    pub fail_open: bool,
+    /// `--verify-client-timeout`: deadline for one admission, queueing included.
+    #[serde(with = "go_duration")]
+    pub timeout: Duration,
+    /// `--verify-client-positive-ttl`: how long an allow is reused for reconnects.
+    #[serde(with = "go_duration")]
+    pub positive_ttl: Duration,
+    /// `--verify-client-negative-ttl`: how long a deny is reused.
+    #[serde(with = "go_duration")]
+    pub negative_ttl: Duration,
+    /// `--verify-client-bearer-token-file`: sent as `Authorization: Bearer <token>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_token_file: Option<PathBuf>,
-    /// Not built yet. How often connected clients are verified again.
-    #[serde(with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    /// `--verify-client-reverify`: how often connected clients are asked again (a refusal
+    /// disconnects them); `"0s"` disables.
+    #[serde(with = "zero_disables")]
     pub reverify_interval: Option<Duration>,
 }
 
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            verify_client_url: None,
+            verify_clients: false,
+            tailscaled_socket: None,
+            fail_open: false,
+            timeout: defaults::ADMISSION_TIMEOUT,
+            positive_ttl: defaults::ADMISSION_POSITIVE_TTL,
+            negative_ttl: defaults::ADMISSION_NEGATIVE_TTL,
+            bearer_token_file: None,
+            reverify_interval: Some(defaults::ADMISSION_REVERIFY_INTERVAL),
+        }
+    }
+}
+
 impl AdmissionSettings {
+    /// Whether any backend is configured.
+    pub fn enabled(&self) -> bool {
+        self.verify_client_url.is_some() || self.verify_clients
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.verify_client_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -556,75 +597,70 @@ impl AdmissionSettings {
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
+        if let Some(url) = &self.verify_client_url
+            && url.parse::<http::Uri>().is_err()
+        {
+            return Err(invalid(
+                "admission.verify_client_url",
+                format!("{url:?} is not a valid URL"),
+            ));
+        }
         for (key, value) in [
             ("admission.timeout", self.timeout),
             ("admission.positive_ttl", self.positive_ttl),
             ("admission.negative_ttl", self.negative_ttl),
-            ("admission.reverify_interval", self.reverify_interval),
         ] {
-            if value.is_some_and(|d| d.is_zero()) {
+            if value.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
             }
         }
-        const ADMISSION: Unbuilt = ("client admission", "remove the [admission] keys");
-        let Self {
-            verify_client_url,
-            fail_open,
-            timeout,
-            positive_ttl,
-            negative_ttl,
-            bearer_token_file,
-            reverify_interval,
-        } = self;
-        refuse(
-            verify_client_url.is_some(),
-            "admission.verify_client_url",
-            ADMISSION,
-        )?;
-        refuse(fail_open.is_some(), "admission.fail_open", ADMISSION)?;
-        refuse(timeout.is_some(), "admission.timeout", ADMISSION)?;
-        refuse(positive_ttl.is_some(), "admission.positive_ttl", ADMISSION)?;
-        refuse(negative_ttl.is_some(), "admission.negative_ttl", ADMISSION)?;
-        refuse(
-            bearer_token_file.is_some(),
-            "admission.bearer_token_file",
-            ADMISSION,
-        )?;
-        refuse(
-            reverify_interval.is_some(),
-            "admission.reverify_interval",
-            ADMISSION,
-        )
+        if !self.enabled() {
+            for (key, set) in [
+                ("admission.fail_open", self.fail_open),
+                (
+                    "admission.bearer_token_file",
+                    self.bearer_token_file.is_some(),
+                ),
+                (
+                    "admission.tailscaled_socket",
+                    self.tailscaled_socket.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "has no effect without admission.verify_client_url (--verify-client-url) or admission.verify_clients (--verify-clients)",
+                    ));
+                }
+            }
+        }
+        if self.tailscaled_socket.is_some() && !self.verify_clients {
+            return Err(invalid(
+                "admission.tailscaled_socket",
+                "--socket is only used with --verify-clients",
+            ));
+        }
+        Ok(())
     }
 }
 
-/// `[limits]`: rate limits on accepting connections and on each client (not built yet).
+/// `[limits]`: rate limits on accepting connections and on what each client sends.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LimitsSettings {
-    /// Not built yet. New connections accepted per second (Go:
-    /// `-accept-connection-limit`).
+    /// `--accept-connection-limit`: new connections accepted per second on the main listener;
+    /// more are closed at once (derper's behaviour). Unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accept_connection_limit: Option<f64>,
-    /// Not built yet. Burst of connections above the rate (Go: `-accept-connection-burst`).
+    /// `--accept-connection-burst`: connections accepted at once above the rate. Unset: one
+    /// second's worth of the rate (derper's default, "unlimited", would make the rate moot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accept_connection_burst: Option<u32>,
-    /// `[limits.per_client]`: not built yet.
-    pub per_client: PerClientLimits,
-}
-
-/// `[limits.per_client]`: a token bucket on the bytes each client sends (not built yet).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct PerClientLimits {
-    /// Not built yet. Sustained bytes per second.
+    /// `--rate-config`: derper's JSON rate config (per-client bytes/s and burst), reloaded on
+    /// SIGHUP without reconnecting clients.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_per_second: Option<u64>,
-    /// Not built yet. Bucket size in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
+    pub rate_config: Option<PathBuf>,
 }
 
 impl LimitsSettings {
@@ -637,46 +673,90 @@ impl LimitsSettings {
                 "must be a positive number of connections per second",
             ));
         }
-        for (key, is_zero) in [
-            (
+        if self.accept_connection_burst == Some(0) {
+            return Err(invalid(
                 "limits.accept_connection_burst",
-                self.accept_connection_burst == Some(0),
-            ),
-            (
-                "limits.per_client.bytes_per_second",
-                self.per_client.bytes_per_second == Some(0),
-            ),
-            ("limits.per_client.burst", self.per_client.burst == Some(0)),
-        ] {
-            if is_zero {
-                return Err(invalid(key, "must be at least 1"));
-            }
+                "must be at least 1",
+            ));
         }
-        const ACCEPT: Unbuilt = (
-            "accept rate limiting",
-            "bound connections with listen.max_connections",
-        );
-        const PER_CLIENT: Unbuilt = ("per-client rate limiting", "remove the key");
-        refuse(
-            self.accept_connection_limit.is_some(),
-            "limits.accept_connection_limit",
-            ACCEPT,
-        )?;
-        refuse(
-            self.accept_connection_burst.is_some(),
-            "limits.accept_connection_burst",
-            ACCEPT,
-        )?;
-        refuse(
-            self.per_client.bytes_per_second.is_some(),
-            "limits.per_client.bytes_per_second",
-            PER_CLIENT,
-        )?;
-        refuse(
-            self.per_client.burst.is_some(),
-            "limits.per_client.burst",
-            PER_CLIENT,
-        )
+        if self.accept_connection_burst.is_some() && self.accept_connection_limit.is_none() {
+            return Err(invalid(
+                "limits.accept_connection_burst",
+                "has no effect without limits.accept_connection_limit (--accept-connection-limit)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The accept limit as (connections per second, burst), when one is set.
+    pub fn accept_limit(&self) -> Option<(f64, u32)> {
+        let rate = self.accept_connection_limit.filter(|r| r.is_finite())?;
+        let burst = self
+            .accept_connection_burst
+            .unwrap_or_else(|| rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+        Some((rate, burst))
+    }
+}
+
+/// `[derp_map]`: how this relay describes its region and itself at `/derpmap` (served only
+/// when `region_id` is set). Peers are described from the mesh membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DerpMapSettings {
+    /// `--derp-map-region-id`: the region's ID (Tailscale's own use 1–899; 900+ is customary
+    /// for self-hosted ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_id: Option<u32>,
+    /// `--derp-map-region-code`: short code, e.g. `fra`.
+    pub region_code: String,
+    /// `--derp-map-region-name`: human name, e.g. `Frankfurt`.
+    pub region_name: String,
+    /// `--derp-map-node-name`: this node's name; default: `tls.hostname`.
+    pub node_name: String,
+    /// `--derp-map-ipv4`: the public IPv4 address clients dial.
+    pub ipv4: String,
+    /// `--derp-map-ipv6`: the public IPv6 address clients dial.
+    pub ipv6: String,
+}
+
+impl DerpMapSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = self.region_id.is_some();
+        if !set
+            && (!self.region_code.is_empty()
+                || !self.region_name.is_empty()
+                || !self.node_name.is_empty()
+                || !self.ipv4.is_empty()
+                || !self.ipv6.is_empty())
+        {
+            return Err(invalid(
+                "derp_map.region_id",
+                "must be set for the other derp_map keys to mean anything",
+            ));
+        }
+        if self.region_id == Some(0) {
+            return Err(invalid("derp_map.region_id", "must be at least 1"));
+        }
+        if !self.ipv4.is_empty() && self.ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv4",
+                format!("{:?} is not an IPv4 address", self.ipv4),
+            ));
+        }
+        if !self.ipv6.is_empty() && self.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid(
+                "derp_map.ipv6",
+                format!("{:?} is not an IPv6 address", self.ipv6),
+            ));
+        }
+        if set && self.region_code.is_empty() {
+            return Err(invalid(
+                "derp_map.region_code",
+                "is required with derp_map.region_id",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -693,10 +773,25 @@ impl Settings {
         }
         self.tls.validate()?;
         super::parse_home(&self.server.home)?;
+        if !matches!(self.server.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "server.log_format",
+                format!("{:?}: use text or json", self.server.log_format),
+            ));
+        }
+        for name in &self.server.bootstrap_dns_names {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "server.bootstrap_dns_names",
+                    format!("{name:?} is not a host name"),
+                ));
+            }
+        }
         self.relay.validate()?;
         self.mesh.validate()?;
         self.admission.validate()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        self.derp_map.validate()
     }
 
     /// The settings as a config file (TOML, the schema this module accepts).
@@ -709,16 +804,5 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
-    }
-}
-
-/// A feature that is not built yet, and what to do instead.
-type Unbuilt = (&'static str, &'static str);
-
-fn refuse(set: bool, key: &'static str, (feature, hint): Unbuilt) -> Result<(), ConfigError> {
-    if set {
-        Err(ConfigError::NotImplemented { key, feature, hint })
-    } else {
-        Ok(())
     }
 }

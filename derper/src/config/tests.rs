@@ -123,12 +123,76 @@ fn mesh_with_needs_a_key_and_well_formed_peers() {
 
 #[test]
 fn unbuilt_features_are_refused() {
-    let err = cmd(&["-dev", "-verify-clients"])
+    let err = cmd(&["-dev", "-secrets-url=https://setec"])
         .unwrap()
         .into_config()
         .unwrap_err();
-    assert!(err.to_string().contains("--verify-clients"));
+    assert!(err.to_string().contains("--secrets-url"));
     assert!(cmd(&["--no-such-flag"]).is_err());
+}
+
+#[test]
+fn admission_and_limit_flags_reach_the_settings() {
+    let s = cmd(&[
+        "-dev",
+        "-verify-client-url=http://headscale:8080/verify",
+        "-verify-client-url-fail-open=true",
+        "--verify-client-timeout=2s",
+        "--verify-client-reverify=0",
+        "--accept-connection-limit=50",
+        "--rate-config=/etc/derper/rate.json",
+        "--drain-grace=1m",
+        "--bootstrap-dns-names=a.example, b.example",
+        "--log-format=json",
+    ])
+    .unwrap()
+    .settings()
+    .unwrap();
+    assert_eq!(
+        s.admission.verify_client_url.as_deref(),
+        Some("http://headscale:8080/verify")
+    );
+    assert!(s.admission.fail_open);
+    assert_eq!(s.admission.timeout, Duration::from_secs(2));
+    assert_eq!(s.admission.reverify_interval, None);
+    assert_eq!(s.limits.accept_limit(), Some((50.0, 50)));
+    assert_eq!(
+        s.limits.rate_config.as_deref(),
+        Some(std::path::Path::new("/etc/derper/rate.json"))
+    );
+    assert_eq!(s.server.drain_grace, Duration::from_secs(60));
+    assert_eq!(s.server.bootstrap_dns_names, ["a.example", "b.example"]);
+    assert_eq!(s.server.log_format, "json");
+    // Fail-closed is the default here (derper's is open; see the README).
+    assert!(
+        !cmd(&["-dev", "-verify-client-url=http://h/verify"])
+            .unwrap()
+            .settings()
+            .unwrap()
+            .admission
+            .fail_open
+    );
+    for (flags, key) in [
+        (
+            &["-dev", "--verify-client-url-fail-open"][..],
+            "admission.fail_open",
+        ),
+        (
+            &["-dev", "--socket=/run/ts.sock"][..],
+            "admission.tailscaled_socket",
+        ),
+        (
+            &["-dev", "--accept-connection-burst=5"][..],
+            "limits.accept_connection_burst",
+        ),
+        (&["-dev", "--log-format=xml"][..], "server.log_format"),
+    ] {
+        let err = cmd(flags).unwrap().settings().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+            "{flags:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -258,6 +322,14 @@ fn print_config_parses_back_to_the_same_settings() {
             "--keepalive=1m30s",
             "--handshake-timeout=2.5s",
         ][..],
+        &[
+            "--dev",
+            "--verify-client-url=https://hs.example/verify",
+            "--verify-client-reverify=0",
+            "--accept-connection-limit=2.5",
+            "--rate-config=/r.json",
+            "--drain-grace=5s",
+        ][..],
     ] {
         let c = cmd(flags).unwrap();
         let printed = c.render_config().unwrap();
@@ -285,50 +357,27 @@ fn print_config_shows_the_psk_path_not_the_key() {
 }
 
 #[test]
-fn reserved_sections_are_refused_when_set() {
-    for (file, key) in [
-        (
-            "[admission]\nverify_client_url = \"https://a.example/\"",
-            "admission.verify_client_url",
-        ),
-        ("[admission]\nfail_open = false", "admission.fail_open"),
-        (
-            "[admission]\nnegative_ttl = \"5s\"",
-            "admission.negative_ttl",
-        ),
-        (
-            "[limits]\naccept_connection_limit = 10.5",
-            "limits.accept_connection_limit",
-        ),
-        (
-            "[limits]\naccept_connection_burst = 20",
-            "limits.accept_connection_burst",
-        ),
-        (
-            "[limits.per_client]\nbytes_per_second = 1000",
-            "limits.per_client.bytes_per_second",
-        ),
-    ] {
-        let err = settings_with_file(file, &["--dev"]).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::NotImplemented { key: k, .. } if k == key),
-            "{file}: {err}"
-        );
-        assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
-    }
-    // Mesh peers are built: in a file they need the key file like --mesh-with does.
-    let err = settings_with_file("[mesh]\npeers = [\"a.example\"]", &["--dev"]).unwrap_err();
-    assert!(err.to_string().contains("require --mesh-psk-file"), "{err}");
-    // Present but unset (as --print-config writes them): accepted.
+fn admission_and_limits_sections_are_read() {
+    let s = settings_with_file(
+        "[admission]\nverify_client_url = \"https://a.example/verify\"\nnegative_ttl = \"5s\"\n[limits]\naccept_connection_limit = 10.5\naccept_connection_burst = 20\nrate_config = \"/r.json\"\n",
+        &["--dev"],
+    )
+    .unwrap();
+    assert_eq!(s.admission.negative_ttl, Duration::from_secs(5));
+    assert_eq!(s.limits.accept_limit(), Some((10.5, 20)));
+    // Present but empty sections (as --print-config writes them): accepted.
     settings_with_file(
         "[mesh]\npeers = []\nallow_plain = false\n[admission]\n[limits]\n",
         &["--dev"],
     )
     .unwrap();
+    // Mesh peers in a file need the key file like --mesh-with does.
+    let err = settings_with_file("[mesh]\npeers = [\"a.example\"]", &["--dev"]).unwrap_err();
+    assert!(err.to_string().contains("require --mesh-psk-file"), "{err}");
 }
 
 #[test]
-fn reserved_sections_are_checked_before_refusal() {
+fn bad_values_name_the_key() {
     for (file, key) in [
         ("[mesh]\npeers = [\"a b\"]", "mesh.peers"),
         ("[mesh]\npeers = [\"a/b/c\"]", "mesh.peers"),
@@ -345,7 +394,14 @@ fn reserved_sections_are_checked_before_refusal() {
             "[limits]\naccept_connection_limit = nan",
             "limits.accept_connection_limit",
         ),
-        ("[limits.per_client]\nburst = 0", "limits.per_client.burst"),
+        (
+            "[limits]\naccept_connection_burst = 0",
+            "limits.accept_connection_burst",
+        ),
+        (
+            "[server]\nbootstrap_dns_names = [\"a b\"]",
+            "server.bootstrap_dns_names",
+        ),
     ] {
         let err = settings_with_file(file, &["--dev"]).unwrap_err();
         assert!(

@@ -5,6 +5,7 @@
 //! requires that no HTTP response at all is written and that bytes after the request head are
 //! kept for the DERP stream. Anything else is handed to hyper with those bytes replayed.
 
+pub mod bootstrap_dns;
 mod rewind;
 pub mod routes;
 
@@ -40,6 +41,10 @@ pub(crate) struct HttpContext {
     pub(crate) upgrade_response: Bytes,
     /// `letsencrypt` mode: HTTP-01 answers, served on the `--http-port` listener.
     pub(crate) acme: Option<Arc<crate::acme::Challenges>>,
+    /// `/bootstrap-dns`, when names are configured.
+    pub(crate) bootstrap_dns: Option<Arc<bootstrap_dns::BootstrapDns>>,
+    /// `/derpmap`, when a region is configured.
+    pub(crate) derp_map: Option<Arc<crate::derpmap::DerpMapSource>>,
 }
 
 /// How the first request on a connection should be handled.
@@ -385,6 +390,18 @@ async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<Http
                 && let Some(answer) = acme.http01_response(req.uri().path())
             {
                 return Ok(answer);
+            }
+            if listener == Listener::Main
+                && req.uri().path() == "/bootstrap-dns"
+                && let Some(dns) = &ctx.bootstrap_dns
+            {
+                return Ok(routes::json(dns.answer(req.uri().query())));
+            }
+            if listener == Listener::Main
+                && req.uri().path() == "/derpmap"
+                && let Some(map) = &ctx.derp_map
+            {
+                return Ok(routes::json(map.json()));
             }
             routes::service(req, listener, &ctx.home, ctx.derp_enabled).await
         }

@@ -44,7 +44,21 @@ pub(crate) enum Listener {
 
 pub(crate) type Body = Full<Bytes>;
 
-const HOME_HTML: &str = "<!doctype html>\n<html><head><title>DERP relay</title></head><body>\n<h1>DERP</h1>\n<p>This is a DERP relay server for WireGuard mesh networks (a Tailscale-compatible <code>derper</code>).</p>\n<p>It relays encrypted packets between nodes that cannot reach each other directly.</p>\n</body></html>\n";
+/// The default home page: says what the endpoint is for and names no software or version,
+/// so a scanner learns nothing it could match against a vulnerability list.
+const HOME_HTML: &str = "<!doctype html>\n<html><head><title>DERP</title></head><body>\n<p>This is a DERP relay. It relays encrypted packets between nodes that cannot reach each other directly.</p>\n</body></html>\n";
+
+/// A `200` JSON answer that no cache keeps.
+pub(crate) fn json(body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

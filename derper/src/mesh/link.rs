@@ -60,6 +60,23 @@ pub(crate) struct LinkContext {
     pub(crate) verify: ServerVerify,
     pub(crate) settings: LinkSettings,
     pub(crate) metrics: MeshMetrics,
+    /// Peers this relay cannot reach, reported to clients as a Health problem.
+    pub(crate) unreachable: std::sync::Mutex<super::health::Unreachable>,
+}
+
+impl LinkContext {
+    /// Records whether the peer called `name` is reachable; clients hear when the set changes.
+    pub(crate) fn note_reachable(&self, name: &str, reachable: bool) {
+        let change = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(name, !reachable);
+        if let Some(text) = change {
+            self.relay
+                .set_problem(crate::relay::Problem::MeshUnreachable, text);
+        }
+    }
 }
 
 /// Why a connection of the link ended.
@@ -111,6 +128,8 @@ pub(crate) async fn run(
     };
     let exit = link.run(&cancel).await;
     link.withdraw_all();
+    // A removed (or self) target is no longer a problem of this relay's.
+    ctx.note_reachable(&link.target.name, true);
     exit
 }
 
@@ -147,9 +166,13 @@ impl Link {
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(peer = %self.target, url = %self.target.url, failures, error = %e, "mesh link cannot connect");
                     }
+                    if failures == super::health::UNREACHABLE_AFTER {
+                        self.ctx.note_reachable(&self.target.name, false);
+                    }
                 }
                 Ok(client) => {
                     failures = 0;
+                    self.ctx.note_reachable(&self.target.name, true);
                     self.metrics.connects_ok.increment(1);
                     backoff.connected(Instant::now());
                     let server = client.server_key();

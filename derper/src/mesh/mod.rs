@@ -22,6 +22,7 @@ pub mod membership;
 pub mod target;
 
 mod forwarder;
+mod health;
 mod link;
 mod metrics;
 
@@ -152,6 +153,7 @@ impl Mesh {
                 max_keys: settings.max_keys_per_link,
             },
             metrics: MeshMetrics::new(),
+            unreachable: Default::default(),
         });
         let metrics = ctx.relay.metrics().clone();
         let mut links = Links {
@@ -229,6 +231,24 @@ impl Mesh {
     /// Targets with a link (including ones found to be this relay).
     pub fn targets(&self) -> Vec<PeerTarget> {
         self.lock().links.keys().cloned().collect()
+    }
+
+    /// The region's other relays as this one sees them: each target that is not this relay,
+    /// and whether it is reachable (false after repeated failed connects).
+    pub fn peers(&self) -> Vec<(PeerTarget, bool)> {
+        let links = self.lock();
+        let unreachable = links
+            .ctx
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names();
+        links
+            .links
+            .iter()
+            .filter(|(_, r)| !r.is_self.load(Ordering::Relaxed))
+            .map(|(t, _)| (t.clone(), !unreachable.contains(&t.name)))
+            .collect()
     }
 
     /// Targets found to be this relay (their links stopped after the first connect).

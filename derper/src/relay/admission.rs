@@ -1,15 +1,16 @@
 //! The admission step: what a connection that completed the handshake may do here.
 //!
-//! Today: the mesh key decides whether the client is a mesh peer (a wrong key is refused),
-//! and the PeerPresent flags are derived. Client verification (a webhook such as Headscale's
-//! `/verify`, or the local tailscaled) and its decision cache plug in here, after these
-//! checks and before registration; mesh peers bypass them.
+//! The mesh key decides whether the client is a mesh peer (a wrong key is refused), and the
+//! PeerPresent flags are derived. Then client verification ([`crate::admission`]: a webhook
+//! such as Headscale's `/verify` or the local tailscaled, behind a decision cache) decides
+//! whether a regular client may join; mesh peers bypass it, as in derper.
 
 use derp_proto::MeshKey;
 use derp_proto::frame::PeerPresentFlags;
 use derp_proto::handshake::ClientHello;
 
 use super::{AcceptError, ConnMeta};
+use crate::admission::{Admission, Verdict};
 use crate::metrics::{HandshakeFailure, Metrics};
 
 /// What an admitted connection is.
@@ -51,4 +52,29 @@ pub(crate) fn admit(
         flags = PeerPresentFlags::IS_REGULAR;
     }
     Ok(Admitted { is_mesh, flags })
+}
+
+/// Asks admission whether a regular client may join (mesh peers bypass it). Counts and logs a
+/// refusal (rate-limited: a refused key reconnecting in a loop must not flood the log).
+pub(crate) async fn verify(
+    admission: &Admission,
+    hello: &ClientHello,
+    meta: &ConnMeta,
+    admitted: Admitted,
+    metrics: &Metrics,
+) -> Result<(), AcceptError> {
+    if admitted.is_mesh {
+        admission.note_mesh_bypass();
+        return Ok(());
+    }
+    match admission.check(&hello.client_key, meta.remote.ip()).await {
+        Verdict::Admit => Ok(()),
+        Verdict::Refuse(why) => {
+            metrics.handshake_failed(HandshakeFailure::NotAdmitted);
+            if let Some(suppressed) = crate::log_limit::ADMISSION.allow() {
+                tracing::info!(remote = %meta.remote, reason = %why, suppressed, "refusing connection");
+            }
+            Err(AcceptError::NotAdmitted(why))
+        }
+    }
 }

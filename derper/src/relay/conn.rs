@@ -69,6 +69,9 @@ pub(crate) enum Control {
     },
     /// Keep an idle connection alive.
     KeepAlive,
+    /// The relay's health changed: the writer sends the current text (region-wide problems
+    /// plus this connection's own), empty when all is well.
+    Health,
 }
 
 /// One frame taken from the outbox by the writer.
@@ -284,6 +287,9 @@ pub(crate) struct Conn {
 
     // Guarded by the registry: set while the key has other connections too.
     pub(crate) is_dup: AtomicBool,
+    /// Set by the reader while the client is held back by its rate limit; the writer adds a
+    /// line about it to the Health text.
+    pub(crate) rate_limited: AtomicBool,
 }
 
 /// A shared reference to a connection.
@@ -326,6 +332,7 @@ impl Conn {
             sink: Mutex::new(None),
             filling: tokio::sync::Notify::new(),
             is_dup: AtomicBool::new(false),
+            rate_limited: AtomicBool::new(false),
         }
     }
 

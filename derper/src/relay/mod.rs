@@ -15,15 +15,16 @@ mod admission;
 pub(crate) mod conn;
 pub mod forward;
 mod handshake;
+pub mod health;
 pub mod lifecycle;
-mod limiter;
+pub(crate) mod limiter;
 mod reader;
 pub(crate) mod registry;
 mod writer;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,10 +41,13 @@ use tracing::Instrument;
 pub use conn::ConnectionId;
 use conn::{Conn, Control, QueueDepths, Sink};
 pub use forward::{ForwardOutcome, Forwarder, ForwarderHandle, LinkId};
+pub use health::Problem;
 pub use lifecycle::{Lifecycle, Phase};
 use registry::{Registry, RegistryLimits};
 
+use crate::admission::Admission;
 use crate::config::RelaySettings;
+use crate::limits::RateConfig;
 use crate::metrics::{HandshakeFailure, Metrics};
 
 /// Settings of the relay core: its identity, and the tunables the config file's `[relay]`
@@ -57,6 +61,10 @@ pub struct RelayConfig {
     pub mesh_key: Option<MeshKey>,
     /// Queues, deadlines and bounds, with defaults from [`crate::defaults`].
     pub settings: RelaySettings,
+    /// Client admission (webhook, local tailscaled); `None` admits every client.
+    pub admission: Option<Arc<Admission>>,
+    /// Per-client receive rate limit at start (changed later with [`Relay::set_rate_config`]).
+    pub rate: RateConfig,
 }
 
 impl RelayConfig {
@@ -66,6 +74,8 @@ impl RelayConfig {
             secret,
             mesh_key: None,
             settings: RelaySettings::default(),
+            admission: None,
+            rate: RateConfig::default(),
         }
     }
 }
@@ -133,6 +143,9 @@ pub enum AcceptError {
     /// The relay is draining or stopped and takes no new connections.
     #[error("relay is draining")]
     Draining,
+    /// Admission refused the client.
+    #[error("not admitted: {0}")]
+    NotAdmitted(String),
 }
 
 /// The context every connection task shares: identity, settings, registry, metrics, and the
@@ -153,6 +166,14 @@ pub(crate) struct Inner {
     /// packets those relays forward to us.
     pub(crate) mesh_peer_names:
         std::sync::RwLock<std::collections::HashMap<NodePublicKey, Arc<str>>>,
+    /// Region-wide problems sent to clients in Health frames.
+    health: Mutex<health::Health>,
+    /// The per-client receive rate limit, and a generation readers compare to notice a change
+    /// without taking the lock per frame.
+    rate: std::sync::RwLock<RateConfig>,
+    pub(crate) rate_generation: AtomicU64,
+    /// Local connections that are not mesh peers (what a drain waits for).
+    regular_conns: AtomicUsize,
 }
 
 impl Inner {
@@ -167,6 +188,31 @@ impl Inner {
 
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Health frame text for `conn`: region-wide problems plus its own rate limiting.
+    pub(crate) fn health_text(&self, conn: &Conn) -> String {
+        let own = conn
+            .rate_limited
+            .load(Ordering::Relaxed)
+            .then(|| self.rate_limited_text());
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .text(own.as_deref())
+    }
+
+    fn rate_limited_text(&self) -> String {
+        let rc = self.rate_config();
+        format!(
+            "this relay limits each client to {} bytes/s and is holding your traffic back",
+            rc.bytes_per_sec
+        )
+    }
+
+    /// The per-client rate limit in force.
+    pub(crate) fn rate_config(&self) -> RateConfig {
+        *self.rate.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -187,6 +233,7 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Builds a relay.
     pub fn new(config: RelayConfig, metrics: Arc<Metrics>) -> Self {
+        let rate = config.rate.applied();
         let limits = RegistryLimits {
             max_conns_per_key: config.settings.max_conns_per_key,
             max_peer_gone_watchers: config.settings.max_peer_gone_watchers,
@@ -205,8 +252,18 @@ impl Relay {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 mesh_peer_names: Default::default(),
+                health: Mutex::new(health::Health::default()),
+                rate: std::sync::RwLock::new(rate),
+                rate_generation: AtomicU64::new(0),
+                regular_conns: AtomicUsize::new(0),
             }),
         }
+        .with_rate_gauges()
+    }
+
+    fn with_rate_gauges(self) -> Self {
+        self.inner.metrics.rate_config(&self.inner.rate_config());
+        self
     }
 
     /// The server's DERP public key.
@@ -242,6 +299,60 @@ impl Relay {
     /// Where the relay is in its lifecycle.
     pub fn phase(&self) -> Phase {
         self.inner.lifecycle().phase()
+    }
+
+    /// Whether the relay takes new connections (false once draining): `/readyz`.
+    pub fn is_ready(&self) -> bool {
+        self.inner.lifecycle().accepts_new()
+    }
+
+    /// Local connections that are not mesh peers.
+    pub fn regular_connection_count(&self) -> usize {
+        self.inner.regular_conns.load(Ordering::Relaxed)
+    }
+
+    /// Each local client that is not a mesh peer, with the address it connected from.
+    pub fn regular_clients(&self) -> Vec<(NodePublicKey, std::net::IpAddr)> {
+        self.inner
+            .registry
+            .regular_connections()
+            .iter()
+            .map(|c| (c.key, c.remote.ip()))
+            .collect()
+    }
+
+    /// Closes every local connection of `key`. Returns how many there were.
+    pub fn close_client(&self, key: &NodePublicKey) -> usize {
+        self.inner.registry.close_key(key)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a region-wide problem; clients get a Health frame with
+    /// the new text when it changed.
+    pub fn set_problem(&self, problem: Problem, text: Option<String>) {
+        let changed = self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(problem, text);
+        if changed {
+            self.inner.registry.send_clients(&Control::Health);
+        }
+    }
+
+    /// Applies a new per-client receive rate limit to every client, connected ones included,
+    /// without reconnecting them. Returns what is applied (see [`RateConfig::applied`]).
+    pub fn set_rate_config(&self, rc: RateConfig) -> RateConfig {
+        let applied = rc.applied();
+        *self.inner.rate.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        self.inner.rate_generation.fetch_add(1, Ordering::Release);
+        self.inner.metrics.rate_config(&applied);
+        applied
+    }
+
+    /// The per-client receive rate limit in force.
+    pub fn rate_config(&self) -> RateConfig {
+        self.inner.rate_config()
     }
 
     /// Makes `key` reachable through a mesh link (the link got PeerPresent for it). Returns
@@ -314,6 +425,14 @@ impl Relay {
 
         // 2. Admission.
         let admitted = admission::admit(&hello, &meta, inner.config.mesh_key.as_ref(), metrics)?;
+        if let Some(verifier) = &inner.config.admission {
+            // Boxed: its state (the webhook call) lives only while admitting, not in every
+            // connection's future.
+            Box::pin(admission::verify(
+                verifier, &hello, &meta, admitted, metrics,
+            ))
+            .await?;
+        }
 
         // 3. Registration. Frames queued for the connection from here on wait in its outbox
         // until ServerInfo is written, so ServerInfo is always the second frame.
@@ -342,13 +461,25 @@ impl Relay {
             metrics.websocket_accepts.increment(1);
         }
         metrics.current_connections.increment(1.0);
+        if !admitted.is_mesh {
+            inner.regular_conns.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
             mesh = admitted.is_mesh,
             version = hello.info.version,
             "client connected"
         );
 
-        // 4. Run.
+        // 4. Run. A relay with a problem tells newcomers at once (after ServerInfo).
+        if !admitted.is_mesh
+            && !inner
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            conn.enqueue_control(Control::Health, metrics);
+        }
         let mut info = BytesMut::new();
         proto_handshake::write_server_info_to(&mut info, &hello, &ServerInfo::new());
         let write_info = async {
@@ -386,21 +517,53 @@ impl Relay {
         // Closes the write half unless a writer still holds it (it ends on the cancel above).
         drop(conn.take_sink());
         metrics.current_connections.decrement(1.0);
+        if !admitted.is_mesh {
+            inner.regular_conns.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    /// Drains: refuses new connections, tells every client the server is restarting, waits
-    /// `grace` for writers to flush, then cancels all connections and waits for their tasks.
-    pub async fn shutdown(&self, restart_hint: Duration, grace: Duration) {
-        self.inner
+    /// Starts draining: refuses new connections, tells clients in a Health frame (shown by
+    /// Tailscale clients as a warning for this region) and a Restarting frame (they come back
+    /// after `restart_hint`). Returns false if already draining. Connections stay open; see
+    /// [`Relay::drained`] and [`Relay::shutdown`].
+    pub fn begin_drain(&self, grace: Duration, restart_hint: Duration) -> bool {
+        if !self
+            .inner
             .lifecycle()
-            .begin_drain(std::time::Instant::now(), grace);
+            .begin_drain(std::time::Instant::now(), grace)
+        {
+            return false;
+        }
+        self.set_problem(
+            Problem::Draining,
+            Some(format!(
+                "this relay is draining (shutting down or leaving rotation) and closes its connections within {}; use another relay of the region",
+                crate::config::format_go_duration(grace)
+            )),
+        );
         let ms = u32::try_from(restart_hint.as_millis()).unwrap_or(u32::MAX);
         self.inner.registry.send_all(&Control::Restarting {
             reconnect_in_ms: ms,
             try_for_ms: ms.saturating_mul(10).max(60_000),
         });
-        tokio::time::sleep(grace).await;
+        true
+    }
+
+    /// Resolves once no client (mesh peers aside) is connected, polling every `poll`.
+    pub async fn drained(&self, poll: Duration) {
+        while self.regular_connection_count() > 0 {
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Drains: refuses new connections, tells every client the server is restarting, waits
+    /// `grace` for writers to flush, then cancels all connections and waits for their tasks.
+    pub async fn shutdown(&self, restart_hint: Duration, grace: Duration) {
+        if self.begin_drain(grace, restart_hint) {
+            // Not drained before: give writers `grace` to flush the Restarting frames.
+            tokio::time::sleep(grace).await;
+        }
         self.inner.lifecycle().stop();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();

@@ -45,6 +45,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
     let mut forwarded_in: Option<InboundCounters> = None;
     let result = async {
         let mut not_here = limiter::not_here_limiter(Instant::now());
+        let mut rate = RateLimit::default();
         let start = tokio::time::Instant::now() + keepalive;
         let mut keepalive = tokio::time::interval_at(start, keepalive);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,8 +57,34 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                     conn.enqueue_control(Control::KeepAlive, metrics);
                     continue;
                 }
+                // Lazy: the timer is only built while a Health line is up.
+                _ = async { if let Some(t) = rate.clear_at { tokio::time::sleep_until(t).await } }, if rate.clear_at.is_some() => {
+                    rate.clear_at = None;
+                    conn.rate_limited.store(false, std::sync::atomic::Ordering::Relaxed);
+                    conn.enqueue_control(Control::Health, metrics);
+                    continue;
+                }
                 f = reader.read_frame() => f?,
             };
+            if !conn.is_mesh {
+                // Backpressure, as derper: the next read waits until the client is within its
+                // rate, so TCP flow control slows the sender; nothing is dropped.
+                let delay = rate.charge(relay, frame.payload.len());
+                if !delay.is_zero() {
+                    metrics.rate_limit_waited.increment(1);
+                    if !conn.rate_limited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        conn.enqueue_control(Control::Health, metrics);
+                    }
+                    rate.clear_at = Some(
+                        tokio::time::Instant::now() + delay + crate::defaults::RATE_LIMITED_HEALTH_HOLD,
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = conn.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
             if conn.is_dup.load(std::sync::atomic::Ordering::Relaxed) {
                 relay.registry.note_activity(conn);
             }
@@ -157,6 +184,46 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
         metrics.current_home_connections.decrement(1.0);
     }
     result
+}
+
+/// A regular client's receive rate limit (`--rate-config`), rebuilt when the operator changes
+/// the config (the relay bumps a generation; checking it is one relaxed load per frame).
+#[derive(Default)]
+struct RateLimit {
+    generation: Option<u64>,
+    bucket: Option<limiter::TokenBucket>,
+    /// When to clear the "rate limited" Health line, once the client stopped waiting.
+    clear_at: Option<tokio::time::Instant>,
+}
+
+impl RateLimit {
+    /// Charges a frame of `len` bytes (at most one full frame's worth, as derper) and returns
+    /// how long to wait before reading on.
+    fn charge(&mut self, relay: &Inner, len: usize) -> Duration {
+        let generation = relay
+            .rate_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        // Paused-time aware: tokio's clock, as a std instant.
+        let now = tokio::time::Instant::now().into_std();
+        if self.generation != Some(generation) {
+            self.generation = Some(generation);
+            let rc = relay.rate_config();
+            self.bucket = rc.is_enabled().then(|| {
+                limiter::TokenBucket::with_burst(
+                    rc.bytes_per_sec as f64,
+                    rc.burst_bytes as f64,
+                    now,
+                )
+            });
+        }
+        match &mut self.bucket {
+            None => Duration::ZERO,
+            Some(b) => {
+                let charged = (len as u64).min(crate::limits::MIN_RATE_BURST);
+                b.reserve(charged as f64, now)
+            }
+        }
+    }
 }
 
 /// `derp_mesh_forwarded_{packets,bytes}_total{peer,direction="in"}` for one mesh peer's

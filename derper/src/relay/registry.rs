@@ -454,6 +454,27 @@ impl Registry {
         }
     }
 
+    /// Queues a control frame to every local connection that is not a mesh peer (Health).
+    pub(crate) fn send_clients(&self, control: &Control) {
+        for c in self.regular_connections() {
+            c.enqueue_control(control.clone(), &self.metrics);
+        }
+    }
+
+    /// Every local connection that is not a mesh peer.
+    pub(crate) fn regular_connections(&self) -> Vec<ConnHandle> {
+        self.clients
+            .iter()
+            .flat_map(|e| {
+                e.conns
+                    .iter()
+                    .filter(|c| !c.is_mesh)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Tells every watcher that `key`'s local presence changed (called after the change,
     /// with no guard held).
     fn presence_changed(&self, key: NodePublicKey) {

@@ -173,9 +173,15 @@ async fn draining_refuses_new_connections_and_says_restarting() {
                 .await
         }
     });
+    // Clients are told in a Health frame (shown by Tailscale clients) and in Restarting.
+    let f = c.reader.read_frame().await.unwrap();
+    assert_eq!(f.ty, FrameType::HEALTH);
+    let text = String::from_utf8(f.payload.to_vec()).unwrap();
+    assert!(text.contains("draining"), "{text}");
     let f = c.reader.read_frame().await.unwrap();
     assert_eq!(f.ty, FrameType::RESTARTING);
     assert!(matches!(relay.phase(), Phase::Draining { .. }));
+    assert!(!relay.is_ready());
     let (server_io, _client_io) = tokio::io::duplex(1024);
     let meta = ConnMeta::new("127.0.0.1:2".parse().unwrap(), TransportKind::Upgrade);
     assert!(matches!(
@@ -320,5 +326,89 @@ async fn an_unknown_frame_over_the_bound_closes_the_connection() {
         crate::metrics::sample(&handle, unknown),
         1.0,
         "the refused frame is not counted as skipped"
+    );
+}
+
+/// `--rate-config` applies backpressure: a sender over its rate is slowed, not dropped; it is
+/// told in a Health frame while it is held back, and the line clears once it keeps to the
+/// rate. A new limit reaches connected clients without a reconnect.
+#[tokio::test(start_paused = true)]
+async fn rate_limit_slows_a_sender_without_dropping_and_says_so() {
+    let relay = relay();
+    let mut a = connect(&relay, 64 * 1024).await;
+    let mut b = connect(&relay, 1 << 20).await;
+    // 100 kB/s with the smallest burst (one full frame): a 1 000-byte packet every 10 ms.
+    relay.set_rate_config(RateConfig {
+        bytes_per_sec: 100_000,
+        burst_bytes: 0,
+    });
+    let packets = 400u32;
+    let start = tokio::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for i in 0..packets {
+            let mut p = vec![0u8; 1000];
+            p[..4].copy_from_slice(&i.to_be_bytes());
+            a.send(&ClientToServer::SendPacket {
+                dst: b.key,
+                packet: p.into(),
+            })
+            .await;
+        }
+        a
+    });
+    let mut health = Vec::new();
+    let mut next = 0u32;
+    while next < packets {
+        let f = b.reader.read_frame().await.unwrap();
+        if f.ty == FrameType::RECV_PACKET {
+            let n = u32::from_be_bytes(f.payload[32..36].try_into().unwrap());
+            assert_eq!(n, next, "every packet, in order");
+            next += 1;
+        }
+    }
+    let mut a = sender.await.unwrap();
+    // 400 kB at 100 kB/s after a 65 kB burst: at least 3.3 s of (paused) time.
+    assert!(
+        start.elapsed() >= Duration::from_millis(3300),
+        "{:?}",
+        start.elapsed()
+    );
+    // The sender heard about it, and heard it clear once it stopped.
+    loop {
+        let f = a.reader.read_frame().await.unwrap();
+        if f.ty == FrameType::HEALTH {
+            let text = String::from_utf8(f.payload.to_vec()).unwrap();
+            let cleared = text.is_empty();
+            health.push(text);
+            if cleared {
+                break;
+            }
+        }
+    }
+    assert!(
+        health[0].contains("limits each client to 100000 bytes/s"),
+        "{health:?}"
+    );
+    assert_eq!(health.last().map(String::as_str), Some(""));
+    // Limit off, applied to the live connection: a burst goes through at once.
+    relay.set_rate_config(RateConfig::default());
+    let t = tokio::time::Instant::now();
+    for _ in 0..200 {
+        a.send(&ClientToServer::SendPacket {
+            dst: b.key,
+            packet: vec![1u8; 1000].into(),
+        })
+        .await;
+    }
+    let mut got = 0;
+    while got < 200 {
+        if b.reader.read_frame().await.unwrap().ty == FrameType::RECV_PACKET {
+            got += 1;
+        }
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
     );
 }

@@ -244,6 +244,11 @@ fn encode_frames(
     };
     for item in batch.drain(..) {
         match item {
+            Outgoing::Control(Control::Health) => {
+                // Read now, so the client gets the current text however many changes queued.
+                let text = relay.health_text(conn);
+                ServerToClient::Health(bytes::Bytes::from(text)).encode(buf);
+            }
             Outgoing::Control(c) => encode_control(c, seen_src, buf),
             // Read now, not when the change was queued: the watcher gets the latest state.
             Outgoing::Presence(key) => encode_control(relay.registry.presence(&key), seen_src, buf),
@@ -295,5 +300,7 @@ fn encode_control(c: Control, seen_src: &mut HashSet<NodePublicKey>, buf: &mut B
         }
         .encode(buf),
         Control::KeepAlive => ServerToClient::KeepAlive.encode(buf),
+        // Encoded by `encode_frames`, which has the relay to read the text from.
+        Control::Health => {}
     }
 }

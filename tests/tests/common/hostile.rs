@@ -118,6 +118,11 @@ impl DerperProcess {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// How the process exited, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Options for a fresh client of this relay.
     pub fn options(&self) -> derp_proto::io::ConnectOptions {
         let mut o = super::options(&self.url, self.verify.clone(), Transport::Upgrade);

@@ -1,0 +1,3 @@
+module derpfleet.bench/admission-hook
+
+go 1.26
