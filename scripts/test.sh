@@ -61,6 +61,12 @@ if [[ $have_go -eq 1 ]]; then
 else
     skip "install Tailscale derper (pinned)" "go is not installed: Go interop tests cannot run"
 fi
+if [[ $have_go -eq 1 ]]; then
+    step "install Pebble ACME test server (pinned)" scripts/install-pebble.sh
+    export PEBBLE_BIN="$REPO/.tools/bin/pebble"
+else
+    skip "install Pebble ACME test server (pinned)" "go is not installed: ACME tests cannot run"
+fi
 
 # Debian packages: nftables/iproute2/conntrack for loadtest's real-NAT (network namespace) test.
 # The STUN interop script installs its own (coturn, stun-client).

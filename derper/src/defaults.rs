@@ -92,8 +92,49 @@ pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(10 * 60);
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Certificate mode (Go: `-certmode letsencrypt`). Kept as Go's default so existing command
-/// lines mean the same; this relay refuses it with a clear message until ACME is built.
+/// lines mean the same: when it is only the default, TLS (and so ACME) runs only on port 443,
+/// as in Go; written explicitly, it serves TLS on any port (see `config::into_server_config`).
 pub const CERT_MODE: &str = "letsencrypt";
+
+/// ACME directory (`--acme-directory`): Let's Encrypt production, as Go's autocert uses.
+pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// ACME challenge selection (`--acme-challenge`): `auto` picks TLS-ALPN-01 when the main
+/// listener is on port 443 (where CAs connect), else HTTP-01 when `--http-port` is served.
+pub const ACME_CHALLENGE: &str = "auto";
+
+/// Fraction of a certificate's lifetime after which it is renewed: 2/3, so a 90-day Let's
+/// Encrypt certificate is renewed 30 days before it expires (Let's Encrypt's advice), leaving
+/// weeks of retries if the CA is down.
+pub const ACME_RENEW_NUMERATOR: u32 = 2;
+/// Denominator of [`ACME_RENEW_NUMERATOR`].
+pub const ACME_RENEW_DENOMINATOR: u32 = 3;
+
+/// First delay before retrying a failed ACME issuance. Let's Encrypt allows 5 failed
+/// validations per hostname per hour, so retries start slow and double.
+pub const ACME_RETRY_MIN: Duration = Duration::from_secs(60);
+
+/// Longest delay between ACME retries: an outage of the CA is retried hourly.
+pub const ACME_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// Budget for one ACME HTTP request (connect, TLS, request, whole response).
+pub const ACME_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest ACME response read (a certificate chain is a few KiB).
+pub const ACME_MAX_RESPONSE: usize = 1024 * 1024;
+
+/// How long one order may wait for the CA to validate and issue before it counts as failed
+/// and is retried from the start.
+pub const ACME_ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Hostnames one ACME certificate may cover (Let's Encrypt allows 100 names per order).
+pub const ACME_MAX_HOSTNAMES: usize = 100;
+
+/// How often manual certificate files are checked for a change (content hash, so a Kubernetes
+/// Secret volume's symlink swap is seen, which inotify on the file would miss). Reading two
+/// small files every 10 s costs nothing; a renewed certificate is served within seconds of
+/// the kubelet writing it (itself up to a minute after the Secret changed).
+pub const CERT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// TLS server name (Go: `-hostname derp.tailscale.com`).
 pub const HOSTNAME: &str = "derp.tailscale.com";

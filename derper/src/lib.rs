@@ -19,8 +19,10 @@
 //! [`Server::spawn`] runs the listeners (main, port 80, STUN, QUIC, metrics) around a [`Relay`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod acme;
 pub mod admin;
 pub mod admission;
+mod cert_watch;
 pub mod config;
 pub mod defaults;
 pub mod derpmap;
@@ -62,6 +64,9 @@ pub enum SpawnError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// ACME could not be set up (issuance failures are retried, not fatal).
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeSetupError),
     /// A listener could not be bound.
     #[error("listen on {addr}")]
     Bind {
@@ -100,6 +105,8 @@ pub struct ServerHandle {
     stun_addrs: Vec<SocketAddr>,
     quic_addr: Option<SocketAddr>,
     tls: Option<tls::TlsSetup>,
+    /// Manual mode: reloads the certificate files on change and on request.
+    cert_watcher: Option<Arc<cert_watch::CertWatcher>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     mesh: Option<mesh::Mesh>,
@@ -154,10 +161,20 @@ impl Server {
         }
         let relay = Relay::new(relay_config, metrics.clone());
 
-        let tls = match &config.tls {
-            Some(opts) => Some(tls::load(opts, relay.public_key().as_bytes())?),
-            None => None,
+        let server_key = relay.public_key();
+        let (tls, acme) = match (&config.tls, &config.acme) {
+            (Some(opts), Some(acme_opts)) if opts.cert_mode == tls::CertMode::LetsEncrypt => {
+                let (setup, acme) =
+                    acme::prepare(opts, acme_opts, server_key.as_bytes(), metrics.clone())?;
+                (Some(setup), Some(acme))
+            }
+            (Some(opts), _) => (Some(tls::load(opts, server_key.as_bytes())?), None),
+            (None, _) => (None, None),
         };
+        let cert_watcher = tls
+            .as_ref()
+            .filter(|t| t.cert_mode() == tls::CertMode::Manual)
+            .map(|t| Arc::new(cert_watch::CertWatcher::new(t.reloader(), metrics.clone())));
         let acceptor = tls
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
@@ -206,6 +223,7 @@ impl Server {
             home: config.home.clone(),
             derp_enabled: config.derp_enabled,
             upgrade_response: relay.upgrade_response(),
+            acme: acme.as_ref().map(acme::Acme::challenges),
             bootstrap_dns: bootstrap_dns.clone(),
             derp_map: config.derp_map.clone().map(|node| {
                 let pin = tls.as_ref().and_then(|t| t.cert_pin.clone());
@@ -282,6 +300,13 @@ impl Server {
             let t = tasks.clone();
             tasks.spawn(l.run(c, t));
         }
+        // Issuance starts once the listeners are up: the CA validates by connecting to them.
+        if let Some(acme) = acme {
+            tasks.spawn(acme.run(main_addr.port(), http_addr.is_some(), cancel.clone()));
+        }
+        if let (Some(watcher), Some(interval)) = (&cert_watcher, config.cert_reload_interval) {
+            tasks.spawn(Arc::clone(watcher).run(interval, cancel.clone()));
+        }
         stop_on_error.disarm();
         Ok(ServerHandle {
             relay,
@@ -290,6 +315,7 @@ impl Server {
             stun_addrs,
             quic_addr,
             tls,
+            cert_watcher,
             cancel,
             tasks,
             mesh,
@@ -345,6 +371,18 @@ impl ServerHandle {
     /// The TLS setup, when TLS is on.
     pub fn tls(&self) -> Option<&tls::TlsSetup> {
         self.tls.as_ref()
+    }
+
+    /// Re-reads manual certificate files now (SIGHUP), whether or not they changed. `None`
+    /// when there is nothing to reload (plain HTTP, or `letsencrypt`, which renews itself).
+    /// The outcome is logged and counted (`derp_cert_reload_total`); on error the current
+    /// certificate stays.
+    pub async fn reload_certificate(&self) -> Option<Result<tls::CertInfo, tls::TlsError>> {
+        let watcher = Arc::clone(self.cert_watcher.as_ref()?);
+        tokio::task::spawn_blocking(move || watcher.check(true))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The DERP URL clients use.

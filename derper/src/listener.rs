@@ -152,6 +152,11 @@ async fn serve(
             // their arguments' slots for their whole life, so passing it by value would leave a
             // dead copy in every future it passes through.
             let tls_stream = Box::new(tls_stream);
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_ACME_TLS_1) {
+                // An ACME TLS-ALPN-01 validation: the handshake itself was the answer
+                // (RFC 8737 3: the server may close once it completes).
+                return;
+            }
             match role {
                 Role::Main => Box::pin(http::serve_main(tls_stream, remote, ctx)).await,
                 Role::Port80 => Box::pin(http::serve_port80(tls_stream, ctx)).await,
@@ -212,6 +217,7 @@ mod tests {
             home: HomePage::Default,
             derp_enabled: true,
             upgrade_response: bytes::Bytes::new(),
+            acme: None,
             bootstrap_dns: None,
             derp_map: None,
         });

@@ -207,18 +207,9 @@ async fn run(config: derper::ServerConfig) -> anyhow::Result<()> {
 
 /// SIGHUP: the certificate and the rate config, each keeping its current state on error.
 async fn reload(handle: &derper::ServerHandle) {
-    if let Some(tls) = handle.tls() {
-        let reloader = tls.reloader();
-        match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(info)) => {
-                tracing::info!(sha256 = %info.leaf_sha256_hex, "certificate reloaded")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "certificate reload failed; keeping the current one")
-            }
-            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-        }
-    }
+    // Manual certificates are re-read now; the server logs and counts the outcome
+    // (`derp_cert_reload_total`). `letsencrypt` renews by itself and has nothing to reload.
+    let _ = handle.reload_certificate().await;
     match handle.reload_rate_config() {
         Ok(Some(rc)) => tracing::info!(
             bytes_per_sec = rc.bytes_per_sec,

@@ -11,6 +11,16 @@ use metrics::{
 
 /// Every metric name, declared once: the handles and the descriptions both use these.
 pub mod names {
+    /// `derp_acme_attempts_total`.
+    pub const ACME_ATTEMPTS_TOTAL: &str = "derp_acme_attempts_total";
+    /// `derp_acme_challenges_served_total`.
+    pub const ACME_CHALLENGES_SERVED_TOTAL: &str = "derp_acme_challenges_served_total";
+    /// `derp_acme_renewal_timestamp_seconds`.
+    pub const ACME_RENEWAL_TIMESTAMP_SECONDS: &str = "derp_acme_renewal_timestamp_seconds";
+    /// `derp_cert_not_after_timestamp_seconds`.
+    pub const CERT_NOT_AFTER_TIMESTAMP_SECONDS: &str = "derp_cert_not_after_timestamp_seconds";
+    /// `derp_cert_reload_total`.
+    pub const CERT_RELOAD_TOTAL: &str = "derp_cert_reload_total";
     /// `derp_accept_errors_total`.
     pub const ACCEPT_ERRORS_TOTAL: &str = "derp_accept_errors_total";
     /// `derp_accepts_total`.
@@ -352,6 +362,65 @@ impl DnsLookupResult {
     }
 }
 
+/// How one ACME issuance attempt ended (`derp_acme_attempts_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcmeOutcome {
+    /// A certificate was issued and is being served.
+    Issued,
+    /// The account could not be created or loaded (CA unreachable, error answer, EAB refused).
+    AccountError,
+    /// The order could not be created or followed (CA unreachable, rate limit, error answer).
+    OrderError,
+    /// The CA could not validate a hostname, or offered no challenge this relay can answer.
+    ValidationFailed,
+    /// Finalizing or downloading the certificate failed, or it was unusable.
+    FinalizeError,
+}
+
+impl AcmeOutcome {
+    /// Every outcome, in label-index order.
+    pub const ALL: [Self; 5] = [
+        Self::Issued,
+        Self::AccountError,
+        Self::OrderError,
+        Self::ValidationFailed,
+        Self::FinalizeError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::AccountError => "account_error",
+            Self::OrderError => "order_error",
+            Self::ValidationFailed => "validation_failed",
+            Self::FinalizeError => "finalize_error",
+        }
+    }
+}
+
+/// Which ACME challenge answer was served (`derp_acme_challenges_served_total{type}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcmeChallengeKind {
+    /// An HTTP-01 token on the `--http-port` listener.
+    Http01,
+    /// A TLS-ALPN-01 certificate on the main listener.
+    TlsAlpn01,
+}
+
+/// How one manual certificate reload ended (`derp_cert_reload_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertReloadOutcome {
+    /// New files were loaded and are being served.
+    Reloaded,
+    /// The new files were refused (unreadable, garbage, key mismatch, wrong name); the previous
+    /// certificate stays. Counted once per distinct bad content.
+    Failed,
+}
+
 /// Pre-registered metric handles, shared as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -439,6 +508,19 @@ pub struct Metrics {
     /// `derp_mesh_dns_truncated_total`: DNS answers with more addresses than `max_peers`, cut
     /// to the first `max_peers` (counted on every lookup that is cut).
     pub mesh_dns_truncated: Counter,
+    /// `derp_acme_attempts_total{outcome}`: ACME issuance attempts, by how they ended.
+    acme_attempts: [Counter; 5],
+    /// `derp_acme_challenges_served_total{type}`: challenge answers served to a validator
+    /// (`http-01`, `tls-alpn-01`).
+    acme_challenges_served: [Counter; 2],
+    /// `derp_acme_renewal_timestamp_seconds`: when the served ACME certificate is due for
+    /// renewal (Unix seconds).
+    acme_renewal_due: Gauge,
+    /// `derp_cert_not_after_timestamp_seconds`: expiry of the certificate served now (Unix
+    /// seconds), manual or ACME; alert when it comes close.
+    cert_not_after: Gauge,
+    /// `derp_cert_reload_total{outcome}`: manual certificate reloads (file change or SIGHUP).
+    cert_reloads: [Counter; 2],
     /// `derp_rate_limit_per_client_bytes_per_second` (derper's name): the per-client receive
     /// rate in force, 0 when off.
     rate_limit_bytes_per_second: Gauge,
@@ -516,6 +598,14 @@ impl Metrics {
             mesh_dns_added: counter!(names::MESH_DNS_CHANGES_TOTAL, "change" => "added"),
             mesh_dns_removed: counter!(names::MESH_DNS_CHANGES_TOTAL, "change" => "removed"),
             mesh_dns_truncated: counter!(names::MESH_DNS_TRUNCATED_TOTAL),
+            acme_attempts: AcmeOutcome::ALL
+                .map(|o| counter!(names::ACME_ATTEMPTS_TOTAL, "outcome" => o.as_str())),
+            acme_challenges_served: ["http-01", "tls-alpn-01"]
+                .map(|t| counter!(names::ACME_CHALLENGES_SERVED_TOTAL, "type" => t)),
+            acme_renewal_due: gauge!(names::ACME_RENEWAL_TIMESTAMP_SECONDS),
+            cert_not_after: gauge!(names::CERT_NOT_AFTER_TIMESTAMP_SECONDS),
+            cert_reloads: ["reloaded", "failed"]
+                .map(|o| counter!(names::CERT_RELOAD_TOTAL, "outcome" => o)),
             rate_limit_bytes_per_second: gauge!(names::RATE_LIMIT_PER_CLIENT_BYTES_PER_SECOND),
             rate_limit_burst_bytes: gauge!(names::RATE_LIMIT_PER_CLIENT_BURST_BYTES),
             rate_limit_waited: counter!(names::RATE_LIMIT_PER_CLIENT_WAITED),
@@ -573,12 +663,42 @@ impl Metrics {
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
         self.handshake_failures[reason as usize].increment(1);
     }
+
+    /// Counts one ACME issuance attempt.
+    pub fn acme_attempt(&self, outcome: AcmeOutcome) {
+        self.acme_attempts[outcome as usize].increment(1);
+    }
+
+    /// Counts one challenge answer served.
+    pub fn acme_challenge_served(&self, kind: AcmeChallengeKind) {
+        self.acme_challenges_served[kind as usize].increment(1);
+    }
+
+    /// Records when the served ACME certificate is due for renewal.
+    pub fn acme_renewal_due(&self, at: std::time::SystemTime) {
+        self.acme_renewal_due.set(unix_seconds(at));
+    }
+
+    /// Records the expiry of the certificate served now.
+    pub fn cert_not_after(&self, at: std::time::SystemTime) {
+        self.cert_not_after.set(unix_seconds(at));
+    }
+
+    /// Counts one manual certificate reload.
+    pub fn cert_reload(&self, outcome: CertReloadOutcome) {
+        self.cert_reloads[outcome as usize].increment(1);
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn describe() {
@@ -593,6 +713,28 @@ fn describe() {
     describe_counter!(
         names::QUIC_DATAGRAMS_DROPPED_TOTAL,
         "QUIC datagrams dropped before routing, by reason"
+    );
+    describe_counter!(
+        names::ACME_ATTEMPTS_TOTAL,
+        "ACME certificate issuance attempts, by outcome (issued, account_error, order_error, validation_failed, finalize_error)"
+    );
+    describe_counter!(
+        names::ACME_CHALLENGES_SERVED_TOTAL,
+        "ACME challenge answers served to a validator, by type (http-01, tls-alpn-01)"
+    );
+    describe_gauge!(
+        names::ACME_RENEWAL_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "When the served ACME certificate is due for renewal (Unix time)"
+    );
+    describe_gauge!(
+        names::CERT_NOT_AFTER_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Expiry of the TLS certificate served now (Unix time)"
+    );
+    describe_counter!(
+        names::CERT_RELOAD_TOTAL,
+        "Manual certificate reloads after a file change or SIGHUP, by outcome (reloaded, failed)"
     );
     describe_counter!(
         names::ACCEPTS_TOTAL,

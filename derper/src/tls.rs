@@ -16,6 +16,13 @@
 //!   refused, as Go's `manualCertManager.getCertificate` does; with an IP hostname any SNI is
 //!   served.
 //! * Every chain ends with the metacert (see [`derp_proto::cert::server_key_from_certs`]).
+//! * `letsencrypt` mode gets its certificate from [`crate::acme`], which builds the same
+//!   resolver through [`acme_setup`] and swaps each new certificate in with
+//!   [`CertReloader::install`]; its resolver also answers TLS-ALPN-01 (`acme-tls/1`)
+//!   handshakes from the CA.
+//!
+//! Swapping a certificate only changes what new handshakes get: established connections keep
+//! the session they negotiated and are never dropped.
 //!
 //! The ring provider is passed explicitly; the process-wide default is never consulted.
 
@@ -34,7 +41,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{CertificateError, InconsistentKeys, ServerConfig};
@@ -48,15 +55,20 @@ const DERP_PROTOCOL_VERSION: u8 = 2;
 /// clients need both bounds set.
 const METACERT_HALF_LIFETIME: time::Duration = time::Duration::days(30);
 
-/// The only ALPN protocol offered, as Go's manual mode does. DERP clients send no ALPN.
+/// The only ALPN protocol offered for service, as Go's manual mode does. DERP clients send no
+/// ALPN.
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737); offered only in
+/// `letsencrypt` mode, and a connection that negotiates it is closed after the handshake.
+pub const ALPN_ACME_TLS_1: &[u8] = b"acme-tls/1";
 
 /// How the relay gets its certificate (derper's `--certmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertMode {
     /// Load `<certdir>/<name>.crt` and `.key`; self-sign for IP hostnames when missing.
     Manual,
-    /// ACME via Let's Encrypt. Not implemented yet: [`load`] refuses it.
+    /// ACME (Let's Encrypt or another CA): set up by [`crate::acme`], not by [`load`].
     LetsEncrypt,
 }
 
@@ -71,7 +83,8 @@ pub struct TlsOptions {
     pub hostname: String,
 }
 
-/// A ready TLS server configuration plus facts about the certificate in use.
+/// A ready TLS server configuration plus facts about the certificate served at start-up
+/// ([`TlsSetup::current`] describes the one served now, after reloads and renewals).
 #[derive(Debug)]
 pub struct TlsSetup {
     /// Config for the main listener (TLS 1.2+, ALPN `http/1.1`, SNI policy, metacert).
@@ -79,9 +92,10 @@ pub struct TlsSetup {
     /// `sha256-raw:<hex>` for DERPMap `CertName` when `--hostname` is an IP literal (Go logs the
     /// same pin in that case, whether or not it generated the certificate); `None` otherwise.
     pub cert_pin: Option<String>,
-    /// Lowercase hex SHA-256 of the leaf certificate's DER.
+    /// Lowercase hex SHA-256 of the leaf certificate's DER; empty in `letsencrypt` mode when
+    /// no certificate was cached yet.
     pub leaf_sha256_hex: String,
-    /// End of the leaf's validity window.
+    /// End of the leaf's validity window ([`UNIX_EPOCH`] when there is no certificate yet).
     pub not_after: SystemTime,
     /// Whether this load generated and wrote a self-signed certificate.
     pub generated: bool,
@@ -95,10 +109,24 @@ impl TlsSetup {
         self.reloader.clone()
     }
 
+    /// The certificate mode this setup serves.
+    pub fn cert_mode(&self) -> CertMode {
+        match self.reloader.inner.paths {
+            Some(_) => CertMode::Manual,
+            None => CertMode::LetsEncrypt,
+        }
+    }
+
+    /// Facts about the certificate new handshakes get now; `None` while `letsencrypt` mode
+    /// waits for its first certificate.
+    pub fn current(&self) -> Option<CertInfo> {
+        self.reloader.current()
+    }
+
     /// The DERPNode JSON Go's derper logs for IP hostnames, for pasting into a DERPMap.
     pub fn derp_node_hint(&self) -> Option<String> {
         let pin = self.cert_pin.as_deref()?;
-        let host = self.reloader.inner.host.name.as_str();
+        let host = self.reloader.inner.hosts.first()?.name.as_str();
         // The hostname is an IP literal here, so it needs no JSON escaping.
         Some(format!(
             r#"{{"Name":"custom","RegionID":900,"HostName":"{host}","CertName":"{pin}"}}"#
@@ -125,8 +153,11 @@ pub struct CertReloader {
 
 #[derive(Debug)]
 struct ReloadState {
-    paths: ManualPaths,
-    host: Host,
+    /// The manual files; `None` in `letsencrypt` mode, where [`crate::acme`] installs
+    /// certificates instead.
+    paths: Option<ManualPaths>,
+    /// Names every certificate must cover: `--hostname` (manual), every ACME hostname.
+    hosts: Vec<Host>,
     provider: Arc<CryptoProvider>,
     metacert: CertificateDer<'static>,
     resolver: Arc<SniResolver>,
@@ -138,10 +169,52 @@ impl CertReloader {
     /// Never generates a certificate. Does blocking file I/O: call it from `spawn_blocking`.
     pub fn reload(&self) -> Result<CertInfo, TlsError> {
         let state = &*self.inner;
-        let loaded = read_key_pair(&state.paths, &state.provider)?;
-        let info = check_leaf(&loaded.chain, &state.host, &state.paths.cert)?;
+        let paths = state.paths.as_ref().ok_or(TlsError::NotManual)?;
+        let loaded = read_key_pair(paths, &state.provider)?;
+        let info = check_leaf_all(&loaded.chain, &state.hosts, &paths.cert)?;
         state.resolver.set(certified_key(loaded, &state.metacert));
         Ok(info)
+    }
+
+    /// The certificate and key files this reloader reads (`None` in `letsencrypt` mode).
+    pub fn paths(&self) -> Option<(&Path, &Path)> {
+        self.inner
+            .paths
+            .as_ref()
+            .map(|p| (p.cert.as_path(), p.key.as_path()))
+    }
+
+    /// Checks a certificate chain (leaf first) and its key as a reload does and serves them to
+    /// new handshakes; `origin` names where they came from in errors.
+    pub(crate) fn install(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: Arc<dyn SigningKey>,
+        origin: &Path,
+    ) -> Result<CertInfo, TlsError> {
+        let state = &*self.inner;
+        let info = check_leaf_all(&chain, &state.hosts, origin)?;
+        state
+            .resolver
+            .set(certified_key(Loaded { chain, key }, &state.metacert));
+        Ok(info)
+    }
+
+    /// Facts about the certificate served now.
+    pub fn current(&self) -> Option<CertInfo> {
+        let key = self.inner.resolver.current()?;
+        let leaf = key.cert.first()?;
+        let summary = parse_cert_summary(leaf)?;
+        Some(CertInfo {
+            cert_pin: self
+                .inner
+                .hosts
+                .first()
+                .and_then(|h| h.ip)
+                .map(|_| pin_cert_name(leaf)),
+            leaf_sha256_hex: hex::encode(Sha256::digest(leaf)),
+            not_after: unix_to_system_time(summary.not_after),
+        })
     }
 }
 
@@ -149,9 +222,15 @@ impl CertReloader {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// The cert mode exists in Go's derper but not here yet.
-    #[error("--certmode={0} is not supported yet; use --certmode=manual")]
+    /// The cert mode is not served by this function (`letsencrypt` is set up by
+    /// [`crate::acme`]).
+    #[error("--certmode={0} is not handled here")]
     UnsupportedCertMode(&'static str),
+    /// A reload was asked of a certificate that does not come from files.
+    #[error(
+        "--certmode=letsencrypt renews its certificate itself; only manual certificates are reloaded"
+    )]
+    NotManual,
     /// `--certdir` is empty.
     #[error("missing required --certdir")]
     MissingCertDir,
@@ -275,12 +354,12 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
         CertMode::Manual => {}
         CertMode::LetsEncrypt => return Err(TlsError::UnsupportedCertMode("letsencrypt")),
     }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     if opts.cert_dir.as_os_str().is_empty() {
         return Err(TlsError::MissingCertDir);
     }
     let host = Host::parse(&opts.hostname)?;
     let paths = ManualPaths::new(&opts.cert_dir, &opts.hostname);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     // Like Go, self-sign only when a file is missing (not when one is unreadable or bad), and
     // then load what was written, so the files on disk are exactly what is served.
@@ -294,27 +373,25 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
     let info = check_leaf(&loaded.chain, &host, &paths.cert)?;
     let metacert = build_metacert(server_public_key)?;
     let resolver = Arc::new(SniResolver {
-        required_sni: host.ip.is_none().then(|| host.name.clone()),
-        current: RwLock::new(certified_key(loaded, &metacert)),
+        required_sni: host
+            .ip
+            .is_none()
+            .then(|| host.name.clone())
+            .into_iter()
+            .collect(),
+        current: RwLock::new(Some(certified_key(loaded, &metacert))),
+        alpn_challenges: None,
     });
-
-    let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
-    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-
     let setup = TlsSetup {
-        config: Arc::new(config),
+        config: server_config(&provider, &resolver)?,
         cert_pin: info.cert_pin,
         leaf_sha256_hex: info.leaf_sha256_hex,
         not_after: info.not_after,
         generated,
         reloader: CertReloader {
             inner: Arc::new(ReloadState {
-                paths,
-                host,
+                paths: Some(paths),
+                hosts: vec![host],
                 provider,
                 metacert,
                 resolver,
@@ -330,6 +407,93 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
         );
     }
     Ok(setup)
+}
+
+/// The TLS setup of `letsencrypt` mode: SNI must be one of `hostnames`, `acme-tls/1`
+/// handshakes are answered from `challenges`, and `cached` (a chain from an earlier run, leaf
+/// first, with its key) is served until [`CertReloader::install`] brings a new one. Without
+/// `cached` every DERP handshake fails until then.
+pub(crate) fn acme_setup(
+    hostnames: &[String],
+    cached: Option<(
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        PathBuf,
+    )>,
+    challenges: Arc<crate::acme::Challenges>,
+    server_public_key: &[u8; 32],
+) -> Result<TlsSetup, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let hosts = hostnames
+        .iter()
+        .map(|h| Host::parse(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let metacert = build_metacert(server_public_key)?;
+    let resolver = Arc::new(SniResolver {
+        required_sni: hosts.iter().map(|h| h.name.clone()).collect(),
+        current: RwLock::new(None),
+        alpn_challenges: Some(challenges),
+    });
+    let reloader = CertReloader {
+        inner: Arc::new(ReloadState {
+            paths: None,
+            hosts,
+            provider: Arc::clone(&provider),
+            metacert,
+            resolver: Arc::clone(&resolver),
+        }),
+    };
+    let mut info = None;
+    if let Some((chain, key, path)) = cached {
+        // A cached pair that no longer fits (hostnames changed, damaged file) is not served;
+        // a new certificate is ordered instead.
+        match load_key(&provider, key, &path).and_then(|key| reloader.install(chain, key, &path)) {
+            Ok(i) => info = Some(i),
+            Err(e) => tracing::warn!(error = %e, "not serving the cached ACME certificate"),
+        }
+    }
+    let mut config = (*server_config(&provider, &resolver)?).clone();
+    config.alpn_protocols.push(ALPN_ACME_TLS_1.to_vec());
+    Ok(TlsSetup {
+        config: Arc::new(config),
+        cert_pin: None,
+        leaf_sha256_hex: info
+            .as_ref()
+            .map(|i| i.leaf_sha256_hex.clone())
+            .unwrap_or_default(),
+        not_after: info.map_or(UNIX_EPOCH, |i| i.not_after),
+        generated: false,
+        reloader,
+    })
+}
+
+/// The main listener's config around `resolver`: TLS 1.2+, ALPN `http/1.1`.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    resolver: &Arc<SniResolver>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Loads a private key with the ring provider; `path` names it in errors.
+pub(crate) fn load_key(
+    provider: &CryptoProvider,
+    key: PrivateKeyDer<'static>,
+    path: &Path,
+) -> Result<Arc<dyn SigningKey>, TlsError> {
+    provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::UnsupportedKey {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// `--hostname` parsed once.
@@ -452,6 +616,23 @@ fn read_key_pair(paths: &ManualPaths, provider: &CryptoProvider) -> Result<Loade
     Ok(Loaded { chain, key })
 }
 
+/// [`check_leaf`] for every name; the description is the first's.
+fn check_leaf_all(
+    chain: &[CertificateDer<'static>],
+    hosts: &[Host],
+    path: &Path,
+) -> Result<CertInfo, TlsError> {
+    let mut info = None;
+    for host in hosts {
+        let checked = check_leaf(chain, host, path)?;
+        info.get_or_insert(checked);
+    }
+    info.ok_or_else(|| TlsError::InvalidHostname {
+        hostname: String::new(),
+        reason: "no hostname configured".to_owned(),
+    })
+}
+
 /// Checks the leaf covers `--hostname` (DNS or IP SANs, like Go's `VerifyHostname`) and
 /// describes it. An expired leaf is served anyway, as Go does, but logged.
 fn check_leaf(
@@ -503,28 +684,51 @@ fn certified_key(loaded: Loaded, metacert: &CertificateDer<'static>) -> Arc<Cert
     Arc::new(CertifiedKey::new(chain, loaded.key))
 }
 
-/// Serves the current certificate, enforcing the manual-mode SNI rule.
+/// Serves the current certificate, enforcing the SNI rule, and answers ACME's TLS-ALPN-01.
 #[derive(Debug)]
 struct SniResolver {
-    /// `Some(hostname)` for DNS hostnames: SNI must equal it. `None` for IP hostnames.
-    required_sni: Option<String>,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// DNS names SNI must equal one of; empty for IP hostnames (any SNI, or none, is served).
+    required_sni: Vec<String>,
+    /// The certificate new handshakes get; `None` until `letsencrypt` mode has one.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// `letsencrypt` mode: validation certificates for `acme-tls/1` handshakes.
+    alpn_challenges: Option<Arc<crate::acme::Challenges>>,
 }
 
 impl SniResolver {
     fn set(&self, key: Arc<CertifiedKey>) {
         // A poisoned lock only means another thread panicked mid-swap of an Arc; the value is
         // still a complete key, so keep going.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(key);
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(want) = &self.required_sni {
+        let sni = client_hello.server_name();
+        if let Some(challenges) = &self.alpn_challenges {
+            // RFC 8737 3: the validator offers exactly `acme-tls/1`; such a handshake gets the
+            // validation certificate for its SNI, or nothing.
+            let mut alpn = client_hello.alpn().into_iter().flatten();
+            if alpn.next() == Some(ALPN_ACME_TLS_1) && alpn.next().is_none() {
+                return challenges.tls_alpn01(sni?);
+            }
+        }
+        if !self.required_sni.is_empty() {
             // rustls lowercases SNI; DNS names compare case-insensitively.
-            let sni = client_hello.server_name();
-            if !sni.is_some_and(|sni| sni.eq_ignore_ascii_case(want)) {
+            let matches = sni.is_some_and(|sni| {
+                self.required_sni
+                    .iter()
+                    .any(|want| sni.eq_ignore_ascii_case(want))
+            });
+            if !matches {
                 tracing::debug!(
                     sni = sni.unwrap_or(""),
                     "TLS handshake refused: SNI does not match --hostname"
@@ -532,9 +736,7 @@ impl ResolvesServerCert for SniResolver {
                 return None;
             }
         }
-        Some(Arc::clone(
-            &self.current.read().unwrap_or_else(PoisonError::into_inner),
-        ))
+        self.current()
     }
 }
 
@@ -629,7 +831,7 @@ fn write_self_signed_ip(paths: &ManualPaths, hostname: &str, ip: IpAddr) -> Resu
 }
 
 /// `os.MkdirAll(dir, 0700)`: existing directories keep their mode.
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -641,7 +843,7 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `os.WriteFile(path, data, mode)`: the mode applies (minus umask) only to new files.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

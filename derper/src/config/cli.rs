@@ -30,8 +30,8 @@ pub struct Cli {
     /// Development mode: random key, plain HTTP on 127.0.0.1:3340, STUN on 127.0.0.1:3478.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub dev: bool,
-    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443 or
-    /// --certmode=manual.
+    /// Main listen address (`:port`, `ip:port`, `[ip6]:port`). TLS when the port is 443,
+    /// --certmode=manual, or --certmode=letsencrypt given explicitly.
     #[arg(short = 'a', long = "a", default_value = defaults::ADDR)]
     pub addr: String,
     /// Plain-HTTP port served alongside TLS (captive-portal checks, redirects); -1 disables.
@@ -56,15 +56,43 @@ pub struct Cli {
     /// Private key file (`{"PrivateKey": "privkey:…"}`), created with mode 0600 if missing.
     #[arg(short = 'c', long = "c")]
     pub config_path: Option<PathBuf>,
-    /// Certificate mode: `manual` (files in --certdir; self-signed for an IP --hostname).
-    #[arg(long, default_value = defaults::CERT_MODE)]
-    pub certmode: String,
-    /// Directory of `<hostname>.crt` and `<hostname>.key`.
+    /// Certificate mode: `manual` (files in --certdir; self-signed for an IP --hostname) or
+    /// `letsencrypt` (ACME). Default letsencrypt, served only on port 443 as Go does; given
+    /// explicitly, letsencrypt serves TLS on any port.
+    #[arg(long)]
+    pub certmode: Option<String>,
+    /// Directory of `<hostname>.crt` and `<hostname>.key` (manual) or of the ACME cache
+    /// (account, certificate, key).
     #[arg(long)]
     pub certdir: Option<PathBuf>,
-    /// TLS server name; may be an IP literal with --certmode=manual.
+    /// TLS server name; may be an IP literal with --certmode=manual. With letsencrypt, a
+    /// comma list of names for one certificate.
     #[arg(long, default_value = defaults::HOSTNAME)]
     pub hostname: String,
+    /// How often manual certificate files are checked for a change (Go duration; 0 disables,
+    /// SIGHUP still reloads).
+    #[arg(long, default_value_t = GoDuration(defaults::CERT_POLL_INTERVAL))]
+    pub cert_reload_interval: GoDuration,
+    /// ACME directory URL (default: Let's Encrypt production).
+    #[arg(long, default_value = defaults::ACME_DIRECTORY)]
+    pub acme_directory: String,
+    /// Contact e-mail registered with the ACME CA.
+    #[arg(long)]
+    pub acme_email: Option<String>,
+    /// ACME external account binding: key id.
+    #[arg(long)]
+    pub acme_eab_kid: Option<String>,
+    /// ACME external account binding: HMAC key (base64). Prefer the environment variable:
+    /// command lines are visible to every user.
+    #[arg(long, env = "DERPER_ACME_EAB_KEY", hide_env_values = true)]
+    pub acme_eab_key: Option<String>,
+    /// PEM roots that the ACME CA's HTTPS endpoint must chain to (default: system roots).
+    #[arg(long)]
+    pub acme_ca_file: Option<PathBuf>,
+    /// ACME challenge to answer: auto (TLS-ALPN-01 on :443, else HTTP-01 on --http-port),
+    /// tls-alpn-01 or http-01.
+    #[arg(long, default_value = defaults::ACME_CHALLENGE)]
+    pub acme_challenge: String,
     /// Home page: empty for the built-in page, `blank`, or an http(s) URL to redirect to.
     #[arg(long, default_value = defaults::HOME_PAGE)]
     pub home: String,
@@ -190,12 +218,6 @@ pub struct Cli {
     pub secrets_path_prefix: Option<String>,
     #[arg(long, hide = true)]
     pub secrets_cache_dir: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_email: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_eab_kid: Option<String>,
-    #[arg(long, hide = true)]
-    pub acme_eab_key: Option<String>,
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub acme_ip_certs: bool,
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
@@ -355,8 +377,30 @@ impl CommandLine {
         if self.given("tcp_user_timeout") {
             s.listen.tcp_user_timeout = c.tcp_user_timeout.0;
         }
-        if self.given("certmode") {
-            s.tls.certmode = c.certmode.clone();
+        if let Some(mode) = &c.certmode {
+            s.tls.certmode = Some(mode.clone());
+        }
+        if self.given("cert_reload_interval") {
+            let d = c.cert_reload_interval.0;
+            s.tls.reload_interval = (!d.is_zero()).then_some(d);
+        }
+        if self.given("acme_directory") {
+            s.tls.acme_directory = c.acme_directory.clone();
+        }
+        if let Some(email) = &c.acme_email {
+            s.tls.acme_email = Some(email.clone());
+        }
+        if let Some(kid) = &c.acme_eab_kid {
+            s.tls.acme_eab_kid = Some(kid.clone());
+        }
+        if let Some(key) = &c.acme_eab_key {
+            s.tls.acme_eab_key = Some(key.clone());
+        }
+        if let Some(path) = &c.acme_ca_file {
+            s.tls.acme_ca_file = Some(path.clone());
+        }
+        if self.given("acme_challenge") {
+            s.tls.acme_challenge = c.acme_challenge.clone();
         }
         if let Some(dir) = &c.certdir {
             s.tls.certdir = Some(dir.clone());
@@ -484,12 +528,9 @@ impl Cli {
             "use --mesh-psk-file",
         )?;
         unsupported(
-            self.acme_email.is_some()
-                || self.acme_eab_kid.is_some()
-                || self.acme_eab_key.is_some()
-                || self.acme_ip_certs,
-            "--acme-*",
-            "ACME is planned; use --certmode=manual",
+            self.acme_ip_certs,
+            "--acme-ip-certs",
+            "ACME certificates cover DNS names; use --certmode=manual for an IP address",
         )?;
         unsupported(self.ace, "--ace", "the CONNECT proxy is not offered")
     }

@@ -24,6 +24,7 @@ pub use self::settings::{
     AdmissionSettings, DerpMapSettings, LimitsSettings, ListenSettings, MeshSettings,
     RelaySettings, ServerSettings, Settings, TlsSettings,
 };
+use crate::acme::{AcmeOptions, ChallengePreference, ExternalAccount};
 use crate::defaults;
 use crate::http::HomePage;
 use crate::tls::{CertMode, TlsOptions};
@@ -120,6 +121,10 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// TLS on the main listener, if any.
     pub tls: Option<TlsOptions>,
+    /// ACME settings, when `tls` is in `letsencrypt` mode.
+    pub acme: Option<AcmeOptions>,
+    /// How often manual certificate files are checked for a change (`None`: only SIGHUP).
+    pub cert_reload_interval: Option<Duration>,
     /// Port-80 companion listener (only with TLS).
     pub http_addr: Option<SocketAddr>,
     /// STUN listen addresses (empty: no STUN).
@@ -165,6 +170,8 @@ impl ServerConfig {
             key: KeySource::Ephemeral,
             addr,
             tls: None,
+            acme: None,
+            cert_reload_interval: defaults.tls.reload_interval,
             http_addr: None,
             stun_addrs: Vec::new(),
             quic_addr: None,
@@ -203,17 +210,42 @@ impl Settings {
             derp_map,
         } = self;
         let addr = parse_listen(&listen.addr)?;
-        let cert_mode = parse_cert_mode(&tls.certmode)?;
-        let serve_tls = cert_mode == CertMode::Manual || (addr.port() == 443 && !dev);
-        let tls = serve_tls.then(|| TlsOptions {
+        let cert_mode = parse_cert_mode(tls.cert_mode())?;
+        // Go serves TLS only on :443 unless the mode is manual. An explicit
+        // `--certmode=letsencrypt` means ACME on whatever port is given (a port forwarded from
+        // 443, or HTTP-01 on --http-port); only the implicit default keeps Go's rule, so
+        // `derper -a :8080` behind a proxy stays plain HTTP as before.
+        let serve_tls = match cert_mode {
+            CertMode::Manual => true,
+            CertMode::LetsEncrypt => tls.certmode.is_some() || (addr.port() == 443 && !dev),
+        };
+        let hostnames = tls.hostnames();
+        let cert_reload_interval = tls.reload_interval;
+        let acme = (serve_tls && cert_mode == CertMode::LetsEncrypt)
+            .then(|| acme_options(&tls, hostnames.clone()))
+            .transpose()?;
+        let tls_options = serve_tls.then(|| TlsOptions {
             cert_mode,
-            cert_dir: tls.certdir.unwrap_or_else(default_cert_dir),
-            hostname: tls.hostname,
+            cert_dir: tls.certdir.clone().unwrap_or_else(default_cert_dir),
+            hostname: match cert_mode {
+                CertMode::Manual => tls.hostname.clone(),
+                CertMode::LetsEncrypt => hostnames.first().cloned().unwrap_or_default(),
+            },
         });
-        let http_addr = (tls.is_some() && listen.http_port >= 0)
+        let http_addr = (tls_options.is_some() && listen.http_port >= 0)
             .then(|| u16::try_from(listen.http_port).ok())
             .flatten()
             .map(|p| SocketAddr::new(addr.ip(), p));
+        if let Some(acme) = &acme
+            && acme.challenge == ChallengePreference::Http01
+            && http_addr.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.acme_challenge",
+                reason: "http-01 is answered on the --http-port listener, which is disabled".into(),
+            });
+        }
+        let tls = tls_options;
         let stun_addrs = if !listen.stun {
             Vec::new()
         } else if !listen.stun_addrs.is_empty() {
@@ -266,6 +298,8 @@ impl Settings {
             key,
             addr,
             tls,
+            acme,
+            cert_reload_interval,
             http_addr,
             stun_addrs,
             quic_addr,
@@ -285,6 +319,31 @@ impl Settings {
             derp_map: derp_map_node,
         })
     }
+}
+
+/// The ACME options of validated `[tls]` settings.
+fn acme_options(tls: &TlsSettings, hostnames: Vec<String>) -> Result<AcmeOptions, ConfigError> {
+    let mut opts = AcmeOptions::new(hostnames);
+    opts.directory = tls.acme_directory.clone();
+    opts.email = tls.acme_email.clone();
+    opts.ca_file = tls.acme_ca_file.clone();
+    opts.retry_min = tls.acme_retry_min;
+    opts.retry_max = tls.acme_retry_max;
+    opts.challenge =
+        ChallengePreference::parse(&tls.acme_challenge).map_err(|reason| ConfigError::Invalid {
+            key: "tls.acme_challenge",
+            reason,
+        })?;
+    if let (Some(kid), Some(key)) = (&tls.acme_eab_kid, &tls.acme_eab_key) {
+        opts.eab = Some(ExternalAccount {
+            kid: kid.clone(),
+            hmac_key: settings::decode_eab_key(key).map_err(|reason| ConfigError::Invalid {
+                key: "tls.acme_eab_key",
+                reason,
+            })?,
+        });
+    }
+    Ok(opts)
 }
 
 fn read_mesh_key(path: &std::path::Path) -> Result<MeshKey, ConfigError> {
@@ -320,7 +379,7 @@ fn parse_cert_mode(mode: &str) -> Result<CertMode, ConfigError> {
         other => Err(ConfigError::Invalid {
             key: "tls.certmode",
             reason: format!(
-                "unknown --certmode {other:?}: use manual (letsencrypt and gcp are not supported yet)"
+                "unknown --certmode {other:?}: use manual or letsencrypt (gcp is not supported)"
             ),
         }),
     }

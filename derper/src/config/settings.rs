@@ -79,7 +79,7 @@ impl Default for ServerSettings {
 #[non_exhaustive]
 pub struct ListenSettings {
     /// `-a`: main listener (`:port`, `ip:port`, `[ip6]:port`); TLS when the port is 443 or
-    /// `tls.certmode = "manual"`.
+    /// `tls.certmode` is set (`manual`, or `letsencrypt` written explicitly).
     pub addr: String,
     /// `--http-port`: plain-HTTP companion port when TLS is on; negative disables it.
     pub http_port: i32,
@@ -128,29 +128,201 @@ impl Default for ListenSettings {
 }
 
 /// `[tls]`: certificates for the main listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TlsSettings {
-    /// `--certmode`: `manual` (files in `certdir`, self-signed for an IP `hostname`);
-    /// `letsencrypt` is refused until ACME is built.
-    pub certmode: String,
-    /// `--certdir`: directory of `<hostname>.crt` and `<hostname>.key`; unset: the user's
-    /// cache directory joined with [`defaults::CERT_DIR_IN_CACHE`].
+    /// `--certmode`: `manual` (files in `certdir`, self-signed for an IP `hostname`) or
+    /// `letsencrypt` (ACME). Unset means Go's default, `letsencrypt`, with Go's rule that TLS
+    /// (and so ACME) runs only when the main listener is on port 443; set explicitly,
+    /// `letsencrypt` serves TLS on any port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certmode: Option<String>,
+    /// `--certdir`: directory of `<hostname>.crt` and `<hostname>.key` (manual) or of the
+    /// ACME cache; unset: the user's cache directory joined with
+    /// [`defaults::CERT_DIR_IN_CACHE`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certdir: Option<PathBuf>,
-    /// `--hostname`: TLS server name; may be an IP literal with `certmode = "manual"`.
+    /// `--hostname`: TLS server name; may be an IP literal with `certmode = "manual"`. With
+    /// `letsencrypt` a comma-separated list: one certificate covers every name.
     pub hostname: String,
+    /// `--cert-reload-interval`: how often manual certificate files are checked for a change
+    /// (content hash); `"0s"` (`None`) disables polling (SIGHUP still reloads).
+    #[serde(with = "zero_disables")]
+    pub reload_interval: Option<Duration>,
+    /// `--acme-directory`: the ACME CA's directory URL.
+    pub acme_directory: String,
+    /// `--acme-email`: contact address registered with the CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_email: Option<String>,
+    /// `--acme-eab-kid`: external account binding key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_eab_kid: Option<String>,
+    /// `--acme-eab-key` (or `DERPER_ACME_EAB_KEY`): the base64 EAB HMAC key. A secret: never
+    /// printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub acme_eab_key: Option<String>,
+    /// `--acme-ca-file`: PEM roots the CA's HTTPS endpoint must chain to (default: the
+    /// system's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// `--acme-challenge`: `auto`, `tls-alpn-01` or `http-01`.
+    pub acme_challenge: String,
+    /// First delay after a failed ACME attempt (doubling, jittered, up to `acme_retry_max`).
+    #[serde(with = "go_duration")]
+    pub acme_retry_min: Duration,
+    /// Longest delay between ACME attempts.
+    #[serde(with = "go_duration")]
+    pub acme_retry_max: Duration,
 }
 
 impl Default for TlsSettings {
     fn default() -> Self {
         Self {
-            certmode: defaults::CERT_MODE.into(),
+            certmode: None,
             certdir: None,
             hostname: defaults::HOSTNAME.into(),
+            reload_interval: Some(defaults::CERT_POLL_INTERVAL),
+            acme_directory: defaults::ACME_DIRECTORY.into(),
+            acme_email: None,
+            acme_eab_kid: None,
+            acme_eab_key: None,
+            acme_ca_file: None,
+            acme_challenge: defaults::ACME_CHALLENGE.into(),
+            acme_retry_min: defaults::ACME_RETRY_MIN,
+            acme_retry_max: defaults::ACME_RETRY_MAX,
         }
     }
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("certmode", &self.certmode)
+            .field("certdir", &self.certdir)
+            .field("hostname", &self.hostname)
+            .field("reload_interval", &self.reload_interval)
+            .field("acme_directory", &self.acme_directory)
+            .field("acme_email", &self.acme_email)
+            .field("acme_eab_kid", &self.acme_eab_kid)
+            // The EAB key is a secret.
+            .field(
+                "acme_eab_key",
+                &self.acme_eab_key.as_ref().map(|_| "<secret>"),
+            )
+            .field("acme_ca_file", &self.acme_ca_file)
+            .field("acme_challenge", &self.acme_challenge)
+            .field("acme_retry_min", &self.acme_retry_min)
+            .field("acme_retry_max", &self.acme_retry_max)
+            .finish()
+    }
+}
+
+impl TlsSettings {
+    /// The certificate mode, `letsencrypt` when unset (Go's default).
+    pub fn cert_mode(&self) -> &str {
+        self.certmode.as_deref().unwrap_or(defaults::CERT_MODE)
+    }
+
+    /// The names of `hostname`, split at commas.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.hostname
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mode = super::parse_cert_mode(self.cert_mode())?;
+        let hostnames = self.hostnames();
+        if hostnames.is_empty() {
+            return Err(invalid("tls.hostname", "is empty (--hostname)"));
+        }
+        if mode == crate::tls::CertMode::Manual && hostnames.len() > 1 {
+            return Err(invalid(
+                "tls.hostname",
+                "--certmode=manual serves one --hostname; a comma list needs --certmode=letsencrypt",
+            ));
+        }
+        if mode == crate::tls::CertMode::LetsEncrypt {
+            if hostnames.len() > defaults::ACME_MAX_HOSTNAMES {
+                return Err(invalid(
+                    "tls.hostname",
+                    format!(
+                        "at most {} names per certificate",
+                        defaults::ACME_MAX_HOSTNAMES
+                    ),
+                ));
+            }
+            for h in &hostnames {
+                if h.parse::<std::net::IpAddr>().is_ok() {
+                    return Err(invalid(
+                        "tls.hostname",
+                        format!(
+                            "{h:?} is an IP address; --certmode=letsencrypt needs DNS names (use --certmode=manual for a self-signed IP certificate)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if !self.acme_directory.starts_with("https://") {
+            return Err(invalid(
+                "tls.acme_directory",
+                format!(
+                    "{:?} is not an https:// URL (--acme-directory)",
+                    self.acme_directory
+                ),
+            ));
+        }
+        crate::acme::ChallengePreference::parse(&self.acme_challenge)
+            .map_err(|e| invalid("tls.acme_challenge", e))?;
+        if self.acme_retry_min.is_zero() {
+            return Err(invalid("tls.acme_retry_min", "must be more than 0"));
+        }
+        if self.acme_retry_max < self.acme_retry_min {
+            return Err(invalid(
+                "tls.acme_retry_max",
+                "must not be less than tls.acme_retry_min",
+            ));
+        }
+        match (&self.acme_eab_kid, &self.acme_eab_key) {
+            (Some(_), Some(key)) => {
+                decode_eab_key(key).map_err(|e| invalid("tls.acme_eab_key", e))?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.acme_eab_key",
+                    "--acme-eab-kid needs --acme-eab-key (or DERPER_ACME_EAB_KEY)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.acme_eab_kid",
+                    "--acme-eab-key needs --acme-eab-kid",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes an EAB HMAC key: base64url without padding as CAs hand them out (and Go derper
+/// reads them), or standard base64.
+pub(crate) fn decode_eab_key(key: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let key = key.trim();
+    let decoded = URL_SAFE_NO_PAD
+        .decode(key.trim_end_matches('='))
+        .or_else(|_| STANDARD.decode(key))
+        .map_err(|_| "is not base64 (--acme-eab-key)".to_owned())?;
+    if decoded.is_empty() {
+        return Err("is empty (--acme-eab-key)".to_owned());
+    }
+    Ok(decoded)
 }
 
 /// `[relay]`: every tunable of the relay core ([`RelayConfig`] minus its key material).
@@ -615,7 +787,7 @@ impl Settings {
                 "is set but listen.stun (--stun) is false",
             ));
         }
-        super::parse_cert_mode(&self.tls.certmode)?;
+        self.tls.validate()?;
         if self.listen.quic_port == Some(0) {
             return Err(invalid(
                 "listen.quic_port",

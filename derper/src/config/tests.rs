@@ -42,7 +42,7 @@ fn accepts_go_spelling() {
     ])
     .unwrap();
     assert_eq!(c.cli().hostname, "127.0.0.1");
-    assert_eq!(c.cli().certmode, "manual");
+    assert_eq!(c.cli().certmode.as_deref(), Some("manual"));
     assert_eq!(c.cli().addr, ":8443");
     assert!(!c.cli().stun);
     assert_eq!(c.cli().http_port, -1);
@@ -338,7 +338,7 @@ fn file_overrides_defaults_and_flags_override_file() {
     assert_eq!(s.listen.max_connections, Some(2004));
     assert_eq!(s.listen.tcp_keepalive_time, Duration::from_secs(120));
     assert_eq!(s.listen.tcp_user_timeout, Duration::from_secs(2));
-    assert_eq!(s.tls.certmode, "letsencrypt");
+    assert_eq!(s.tls.certmode.as_deref(), Some("letsencrypt"));
     assert_eq!(s.tls.certdir, Some("/flag/certs".into()));
     assert_eq!(s.tls.hostname, "flag.example");
     assert_eq!(s.relay.queue_depth, 3);
@@ -518,4 +518,131 @@ fn file_errors_name_the_file_and_key() {
         err.to_string().contains("/nonexistent/derper.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn explicit_letsencrypt_serves_tls_on_any_port() {
+    // The implicit default keeps Go's rule: plain HTTP off :443 (plain_port_serves_plain_http).
+    let cfg = cmd(&[
+        "-a",
+        "127.0.0.1:8443",
+        "-c",
+        "/tmp/k",
+        "--certmode",
+        "letsencrypt",
+        "--hostname",
+        "a.example, b.example",
+        "--acme-email",
+        "ops@example.com",
+        "--acme-challenge",
+        "http-01",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    let tls = cfg.tls.expect("TLS");
+    assert_eq!(tls.cert_mode, CertMode::LetsEncrypt);
+    assert_eq!(tls.hostname, "a.example");
+    let acme = cfg.acme.expect("ACME");
+    assert_eq!(acme.hostnames, ["a.example", "b.example"]);
+    assert_eq!(acme.directory, defaults::ACME_DIRECTORY);
+    assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(acme.challenge, ChallengePreference::Http01);
+    assert_eq!(cfg.http_addr, Some("127.0.0.1:80".parse().unwrap()));
+    // On :443 the default mode is ACME too, as in Go.
+    let cfg = cmd(&["-a", ":443", "-c", "/tmp/k", "--hostname", "a.example"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert!(cfg.acme.is_some());
+}
+
+#[test]
+fn acme_settings_are_checked() {
+    for (flags, key) in [
+        (
+            &["--certmode=letsencrypt", "--hostname=10.0.0.1"][..],
+            "tls.hostname",
+        ),
+        (
+            &["--certmode=manual", "--hostname=a.example,b.example"][..],
+            "tls.hostname",
+        ),
+        (
+            &["--acme-directory=http://ca.example/dir"][..],
+            "tls.acme_directory",
+        ),
+        (&["--acme-challenge=dns-01"][..], "tls.acme_challenge"),
+        (&["--acme-eab-kid=kid"][..], "tls.acme_eab_key"),
+        (
+            &["--acme-eab-kid=kid", "--acme-eab-key=!!"][..],
+            "tls.acme_eab_key",
+        ),
+    ] {
+        let mut args = flags.to_vec();
+        args.extend(["-c", "/tmp/k"]);
+        let err = cmd(&args).unwrap().settings().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+            "{flags:?}: {err}"
+        );
+    }
+    // HTTP-01 is answered on --http-port, so it cannot be disabled.
+    let err = cmd(&[
+        "-c",
+        "/tmp/k",
+        "-a",
+        ":8443",
+        "--certmode=letsencrypt",
+        "--acme-challenge=http-01",
+        "--http-port=-1",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                key: "tls.acme_challenge",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err =
+        settings_with_file("[tls]\nacme_retry_min = \"0s\"\n", &["-c", "/tmp/k"]).unwrap_err();
+    assert!(err.to_string().contains("tls.acme_retry_min"), "{err}");
+}
+
+#[test]
+fn print_config_never_shows_the_eab_key() {
+    let c = cmd(&[
+        "-c",
+        "/tmp/k",
+        "--acme-eab-kid",
+        "kid-1",
+        "--acme-eab-key",
+        "c2VjcmV0LWhtYWMta2V5",
+    ])
+    .unwrap();
+    let text = c.render_config().unwrap();
+    assert!(text.contains("kid-1"), "{text}");
+    assert!(!text.contains("c2VjcmV0"), "{text}");
+    assert!(!format!("{:?}", c.settings().unwrap()).contains("c2VjcmV0"));
+    let cfg = cmd(&[
+        "-c",
+        "/tmp/k",
+        "--certmode=letsencrypt",
+        "--acme-eab-kid",
+        "kid-1",
+        "--acme-eab-key",
+        "c2VjcmV0LWhtYWMta2V5",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    let eab = cfg.acme.unwrap().eab.unwrap();
+    assert_eq!(eab.hmac_key, b"secret-hmac-key");
+    assert!(!format!("{eab:?}").contains("secret"));
 }

@@ -39,6 +39,8 @@ pub(crate) struct HttpContext {
     pub(crate) derp_enabled: bool,
     /// The `101 Switching Protocols` response, built once (it names the server key).
     pub(crate) upgrade_response: Bytes,
+    /// `letsencrypt` mode: HTTP-01 answers, served on the `--http-port` listener.
+    pub(crate) acme: Option<Arc<crate::acme::Challenges>>,
     /// `/bootstrap-dns`, when names are configured.
     pub(crate) bootstrap_dns: Option<Arc<bootstrap_dns::BootstrapDns>>,
     /// `/derpmap`, when a region is configured.
@@ -382,6 +384,13 @@ async fn serve_hyper<S: Stream>(io: Rewind<S>, listener: Listener, ctx: Arc<Http
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move {
+            // ACME's HTTP-01 validation always arrives on the plain port.
+            if listener == Listener::Port80
+                && let Some(acme) = &ctx.acme
+                && let Some(answer) = acme.http01_response(req.uri().path())
+            {
+                return Ok(answer);
+            }
             if listener == Listener::Main
                 && req.uri().path() == "/bootstrap-dns"
                 && let Some(dns) = &ctx.bootstrap_dns

@@ -3,6 +3,7 @@
 
 pub mod hostile;
 pub mod mesh;
+pub mod pebble;
 
 use std::path::PathBuf;
 use std::time::Duration;
