@@ -20,6 +20,8 @@ pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod defaults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keyfile;
 pub mod limits;
