@@ -351,9 +351,19 @@ def http_head(frames: dict) -> None:
         # A head just over the 16 KiB cap, complete in one read: must never be upgraded.
         "edge-head-over-cap": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: DERP", "X-Pad: " + "a" * (16 * 1024)]) + frames["client_info"],
         "edge-head-over-cap-small-reads": bytes([0x02]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: DERP", "X-Pad: " + "a" * (16 * 1024)]),
+        # 16 390 bytes, read 13 at a time: the read that crosses 16 KiB ends at 16 393, after the
+        # head; before the fix this head was upgraded.
+        "edge-head-over-cap-by-6": bytes([0x00]) + over_cap_by(6) + frames["client_info"],
     }
     for name, data in hh.items():
         write("http_head", name, data)
+
+
+def over_cap_by(n: int) -> bytes:
+    """A complete `Upgrade: DERP` head n bytes longer than the 16 KiB cap."""
+    start = b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nX-Pad: "
+    pad = 16 * 1024 + n - len(start) - 4
+    return start + b"a" * pad + b"\r\n\r\n"
 
 
 def ws_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
