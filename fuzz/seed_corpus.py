@@ -12,6 +12,7 @@ from pathlib import Path
 
 FUZZ = Path(__file__).resolve().parent
 VECTORS = FUZZ.parent / "derp-proto" / "testdata" / "go-vectors.json"
+README = FUZZ.parent / "README.md"
 
 MAX_PACKET_SIZE = 64 << 10
 MAX_FRAME_LEN = 2 * 32 + MAX_PACKET_SIZE
@@ -245,6 +246,226 @@ def main() -> None:
     }
     for name, data in md.items():
         write("mesh_datagram", name, data)
+    frames = {f["name"]: bytes.fromhex(f["hex"]) for f in v["frames"]}
+    presence_frames(frames)
+    stun_response(sw)
+    http_head(frames)
+    websocket_frames(frames)
+    config_file()
+    admission_response()
+
+
+def presence_frames(frames: dict) -> None:
+    """Control byte (bits 0-2 bound, bit 3 resync, bits 4-7 window in s) ‖ server frames."""
+    a, b, mesh = frames["peer_present_a"], frames["peer_present_b"], frames["peer_present_mesh"]
+    gone = frames["peer_gone_disconnected"] + frames["peer_gone_not_here"]
+    keepalive, ping = frame(0x06, b""), frame(0x12, b"pingpong")
+    pf = {
+        # Tailscale's PeerPresent flood, a third key over a bound of 2, then PeerGone.
+        "go-flood-over-bound": bytes([0x02]) + a + b + mesh + gone + frames["peer_gone_watcher"],
+        # Resync with a 1 s window: reconnect, only a is re-announced, b expires.
+        "go-resync": bytes([0x1C]) + a + b + ping + a + keepalive + keepalive,
+        # Go's behaviour: a reconnect removes everything, the flood restores it.
+        "go-clear-on-break": bytes([0x04]) + a + b + ping + a + b + keepalive,
+        "go-whole-stream": bytes([0x07]) + b"".join(frames.values()),
+        "edge-bound-zero": bytes([0x00]) + a + b,
+        "edge-reannounce-changed": bytes([0x05]) + a + a[:-1] + bytes([a[-1] ^ 0x02]) + a,
+        "edge-legacy-short": bytes([0x05]) + frame(0x09, a[5:37]) + frame(0x08, a[5:37]),
+    }
+    for name, data in pf.items():
+        write("presence_frames", name, data)
+
+
+def stun_response(software: bytes) -> None:
+    def xor_v4(ip: bytes, port: int) -> bytes:
+        x = bytes(i ^ c for i, c in zip(ip, COOKIE))
+        return struct.pack(">BBH", 0, 1, port ^ 0x2112) + x
+
+    def xor_v6(ip: bytes, port: int) -> bytes:
+        key = COOKIE + TX
+        return struct.pack(">BBH", 0, 2, port ^ 0x2112) + bytes(i ^ k for i, k in zip(ip, key))
+
+    v4 = bytes([192, 0, 2, 1])
+    v6 = bytes.fromhex("20010db8000000000000000000000001")
+    mapped = bytes(10) + b"\xff\xff" + v4
+    sr = {
+        "go-tailscale-v4": stun_msg(0x0101, software + stun_attr(0x0020, xor_v4(v4, 41641)), True),
+        "go-tailscale-v6": stun_msg(0x0101, software + stun_attr(0x0020, xor_v6(v6, 41641)), True),
+        "edge-rfc5769-like": stun_msg(
+            0x0101,
+            stun_attr(0x8022, b"test vector ") + stun_attr(0x0020, xor_v4(v4, 32853))
+            + stun_attr(0x0008, bytes(20)),
+            True,
+        ),
+        "edge-xor-alt": stun_msg(0x0101, stun_attr(0x8020, xor_v4(v4, 3478)), False),
+        "edge-mapped-only": stun_msg(0x0101, stun_attr(0x0001, bytes([0, 1, 0x0D, 0x96]) + v4), False),
+        "edge-both-xor-wins": stun_msg(
+            0x0101,
+            stun_attr(0x0001, bytes([0, 1, 0, 80]) + bytes(4)) + stun_attr(0x0020, xor_v4(v4, 1)),
+            False,
+        ),
+        "edge-v4-mapped-v6": stun_msg(0x0101, stun_attr(0x0020, xor_v6(mapped, 443)), False),
+        "edge-trailing-bytes": stun_msg(0x0101, stun_attr(0x0020, xor_v4(v4, 9)), False) + b"junk",
+        "edge-no-address": stun_msg(0x0101, software, True),
+        "edge-short-address": stun_msg(0x0101, stun_attr(0x0020, bytes([0, 1, 0])), False),
+        "edge-bad-family": stun_msg(0x0101, stun_attr(0x0020, bytes([0, 3, 0, 1]) + v4), False),
+        "edge-overrun": struct.pack(">HH", 0x0101, 12) + COOKIE + TX + stun_attr(0x0020, bytes(8))[:10],
+        "edge-error-response": stun_msg(0x0111, stun_attr(0x0009, bytes([0, 0, 4, 20])), False),
+        "edge-request": stun_msg(0x0001, software, True),
+    }
+    for name, data in sr.items():
+        write("stun_response", name, data)
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def http_head(frames: dict) -> None:
+    """Control byte (bit 0 turns /derp off, bits 1-2 the read size) ‖ the first bytes sent."""
+    # Tailscale's derphttp client (Go's net/http writes the headers sorted after Host and
+    # User-Agent), with fast start and the ClientInfo frame in the same packet.
+    go_derp = (
+        "GET /derp HTTP/1.1\r\nHost: derp1.example.com\r\nUser-Agent: Go-http-client/1.1\r\n"
+        "Connection: Upgrade\r\nDerp-Fast-Start: 1\r\nUpgrade: DERP\r\n\r\n"
+    ).encode()
+    go_ws = (
+        "GET /derp HTTP/1.1\r\nHost: derp1.example.com\r\nUser-Agent: Go-http-client/1.1\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: derp\r\n"
+        "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n" % WS_KEY
+    ).encode()
+
+    def req(lines: list[str]) -> bytes:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    hh = {
+        "go-derp-fast-start": bytes([0x06]) + go_derp + frames["client_info"],
+        "go-derp-fast-start-small-reads": bytes([0x00]) + go_derp + frames["client_info"],
+        "go-derp": bytes([0x02]) + go_derp.replace(b"Derp-Fast-Start: 1\r\n", b""),
+        "go-derp-ideal-node": bytes([0x04]) + go_derp.replace(b"Upgrade: DERP", b"Ideal-Node: 1a\r\nUpgrade: DERP"),
+        "go-websocket": bytes([0x06]) + go_ws,
+        "go-probe": bytes([0x06]) + req(["GET /derp/probe HTTP/1.1", "Host: derp1.example.com"]),
+        "go-generate-204": bytes([0x06]) + req(["GET /generate_204 HTTP/1.1", "Host: x", "X-Tailscale-Challenge: abc"]),
+        "edge-derp-disabled": bytes([0x07]) + go_derp,
+        "edge-no-host": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Upgrade: DERP"]),
+        "edge-two-hosts": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Host: a", "host: b", "Upgrade: DERP"]),
+        "edge-http10-no-host": bytes([0x06]) + req(["GET /derp?x=1 HTTP/1.0", "Upgrade: derp"]),
+        "edge-legacy-websocket": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: WebSocket"]),
+        "edge-ws-bad-key": bytes([0x06]) + go_ws.replace(WS_KEY.encode(), b"AAAA"),
+        "edge-ws-two-keys": bytes([0x06]) + go_ws.replace(b"Upgrade: websocket", b"Sec-WebSocket-Key: %s\r\nUpgrade: websocket" % WS_KEY.encode()),
+        "edge-ws-version-8": bytes([0x06]) + go_ws.replace(b"Version: 13", b"Version: 8"),
+        "edge-ws-post": bytes([0x06]) + b"POST" + go_ws[3:],
+        "edge-ws-no-connection": bytes([0x06]) + go_ws.replace(b"Connection: Upgrade", b"Connection: close"),
+        "edge-tls-client-hello": bytes([0x06, 0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03]),
+        "edge-h2-preface": bytes([0x06]) + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "edge-partial": bytes([0x06]) + b"GET /derp HTTP/1.1\r\nHost: x\r\nUpg",
+        "edge-too-many-headers": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: DERP"] + ["X-%d: y" % i for i in range(70)]),
+        # A head just over the 16 KiB cap, complete in one read: must never be upgraded.
+        "edge-head-over-cap": bytes([0x06]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: DERP", "X-Pad: " + "a" * (16 * 1024)]) + frames["client_info"],
+        "edge-head-over-cap-small-reads": bytes([0x02]) + req(["GET /derp HTTP/1.1", "Host: x", "Upgrade: DERP", "X-Pad: " + "a" * (16 * 1024)]),
+        # 16 390 bytes, read 13 at a time: the read that crosses 16 KiB ends at 16 393, after the
+        # head; before the fix this head was upgraded.
+        "edge-head-over-cap-by-6": bytes([0x00]) + over_cap_by(6) + frames["client_info"],
+    }
+    for name, data in hh.items():
+        write("http_head", name, data)
+
+
+def over_cap_by(n: int) -> bytes:
+    """A complete `Upgrade: DERP` head n bytes longer than the 16 KiB cap."""
+    start = b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nX-Pad: "
+    pad = 16 * 1024 + n - len(start) - 4
+    return start + b"a" * pad + b"\r\n\r\n"
+
+
+def ws_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """A client frame, masked unless mask is empty (RFC 6455 §5.2)."""
+    b0 = (0x80 if fin else 0) | opcode
+    m = 0x80 if mask else 0
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, m | n])
+    elif n < 1 << 16:
+        head = bytes([b0, m | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, m | 127]) + struct.pack(">Q", n)
+    if not mask:
+        return head + payload
+    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+
+def websocket_frames(frames: dict) -> None:
+    """Control byte (bits 0-1 how the bytes arrive, bits 2-3 the relay's read size) ‖ frames."""
+    ci, ping = frames["client_info"], frames["ping"]
+    close = ws_frame(0x8, struct.pack(">H", 1000))
+    wf = {
+        # Tailscale's wsconn: one binary message per DERP write, then a normal close.
+        "go-derp-in-binary": bytes([0x0F]) + ws_frame(0x2, ci) + ws_frame(0x2, ping) + close,
+        "go-derp-small-reads": bytes([0x00]) + ws_frame(0x2, ci) + ws_frame(0x2, ping) + close,
+        "edge-fragmented": bytes([0x05]) + ws_frame(0x2, ci[:10], fin=False) + ws_frame(0x9, b"hi")
+        + ws_frame(0x0, ci[10:20], fin=False) + ws_frame(0x0, ci[20:]) + close,
+        "edge-ping-pong": bytes([0x0A]) + ws_frame(0x9, b"ping") + ws_frame(0xA, b"") + ws_frame(0x2, b"x") + close,
+        "edge-text": bytes([0x03]) + ws_frame(0x2, b"abc") + ws_frame(0x1, b"hello") + ws_frame(0x2, b"never"),
+        "edge-text-not-utf8": bytes([0x03]) + ws_frame(0x1, b"\xff\xfe"),
+        "edge-empty-run": bytes([0x03]) + ws_frame(0x2, b"") * 101 + ws_frame(0x2, b"late"),
+        "edge-empty-run-reset": bytes([0x03]) + (ws_frame(0x2, b"") * 100 + ws_frame(0x2, b"z")) * 2 + close,
+        "edge-unmasked": bytes([0x03]) + ws_frame(0x2, b"abc", mask=b""),
+        "edge-rsv": bytes([0x03, 0xC2, 0x83, 0, 0, 0, 0, 1, 2, 3]),
+        "edge-len16": bytes([0x03]) + ws_frame(0x2, bytes(range(256)) * 2) + close,
+        "edge-len64-huge": bytes([0x03, 0x82, 0xFF]) + struct.pack(">Q", 1 << 40) + bytes(8),
+        "edge-continuation-first": bytes([0x03]) + ws_frame(0x0, b"abc"),
+        "edge-control-fragmented": bytes([0x03]) + ws_frame(0x9, b"a", fin=False),
+        "edge-close-one-byte": bytes([0x03]) + ws_frame(0x8, b"\x03"),
+        "edge-close-bad-code": bytes([0x03]) + ws_frame(0x8, struct.pack(">H", 999)),
+        "edge-reserved-opcode": bytes([0x03]) + ws_frame(0x3, b"abc"),
+        "edge-cut-short": bytes([0x03]) + ws_frame(0x2, b"abcdef")[:-2],
+    }
+    for name, data in wf.items():
+        write("websocket_frames", name, data)
+
+
+def config_file() -> None:
+    """The README's config files, and edge cases of the schema."""
+    readme = README.read_text()
+    blocks = readme.split("```toml\n")[1:]
+    for i, block in enumerate(blocks):
+        write("config_file", "readme-%d.toml" % i, block.split("```")[0].encode())
+    cf = {
+        "empty.toml": b"",
+        "dev.toml": b'[listen]\naddr = ":3340"\nstun = false\n',
+        "durations.toml": b'[relay]\nkeepalive = "1m30.5s"\nwrite_timeout = "0"\nhandshake_timeout = "1h2m3.000000004s"\n',
+        "rate-float.toml": b"[limits]\naccept_connection_limit = 1e-300\naccept_connection_burst = 4294967295\n",
+        "rate-nan.toml": b"[limits]\naccept_connection_limit = nan\n",
+        "unknown-key.toml": b"[relay]\nqueue_dept = 5\n",
+        "wrong-type.toml": b'[relay]\nqueue_depth = "deep"\n',
+        "bad-syntax.toml": b"[relay\n",
+        "unicode.toml": '[server]\nhome = "blank"\nbootstrap_dns_names = ["ex\u00e4mple.com"]\n'.encode(),
+        "dotted-keys.toml": b'listen.addr = "[::1]:443"\ntls.certmode = "letsencrypt"\ntls.hostname = "derp.example.com"\n',
+    }
+    for name, data in cf.items():
+        write("config_file", "edge-" + name, data)
+
+
+def admission_response() -> None:
+    ar = {
+        # Headscale's /verify: json.NewEncoder(w).Encode(DERPAdmitClientResponse{...}).
+        "headscale-allow": b'{"Allow":true}\n',
+        "headscale-deny": b'{"Allow":false}\n',
+        "edge-extra-keys": b'{"Allow":true,"Reason":"ok","Nested":{"Allow":false}}',
+        "edge-lowercase": b'{"allow":true}',
+        "edge-string": b'{"Allow":"true"}',
+        "edge-number": b'{"Allow":1}',
+        "edge-null": b'{"Allow":null}',
+        "edge-missing": b"{}",
+        "edge-array": b"[true]",
+        "edge-duplicate": b'{"Allow":true,"Allow":false}',
+        "edge-bare-true": b"true",
+        "edge-trailing": b'{"Allow":true} x',
+        "edge-html": b"<html>502 Bad Gateway</html>",
+        "edge-empty": b"",
+        "edge-not-utf8": b'{"Allow":true,"x":"\xff"}',
+    }
+    for name, data in ar.items():
+        write("admission_response", name, data)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,18 @@
 //! | `client_info_open` | ClientInfo (and ServerInfo) JSON                             |
 //! | `stun_request`     | one UDP datagram arriving at the STUN port                   |
 //! | `mesh_datagram`    | one QUIC datagram from a mesh peer                           |
+//! | `presence_frames`  | control byte ‖ the byte stream a mesh link reads             |
+//! | `stun_response`    | one UDP datagram arriving at a STUN client                   |
+//!
+//! The derper-side targets (`http_head`, `websocket_frames`, `config_file`,
+//! `admission_response`) have their harnesses in `derper::fuzzing`.
 //!
 //! Not part of the public API: hidden from the docs and free to change.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -30,9 +37,13 @@ use crate::consts::{
     FRAME_HEADER_LEN, KEY_LEN, MAX_CLIENT_INFO_LEN, MAX_CLIENT_RECV_FRAME_LEN, MAX_FRAME_LEN,
     MAX_UNKNOWN_FRAME_LEN, NONCE_LEN,
 };
-use crate::frame::{ClientToServer, FrameDecoder, FrameType, RawFrame, ServerToClient};
+use crate::frame::{
+    ClientToServer, FrameDecoder, FrameType, PeerGoneReason, PeerPresentFlags, RawFrame,
+    ServerToClient,
+};
 use crate::handshake::{self, ClientInfo, ServerInfo};
-use crate::key::NodeSecretKey;
+use crate::key::{NodePublicKey, NodeSecretKey};
+use crate::mesh::{ReconnectPolicy, WatchAction, WatchSet, WatchSetFull};
 use crate::stun::{self, BindingRequest, MAGIC_COOKIE, Reply, RequestKind, Rfc5780Addrs};
 use crate::{DecodeError, HandshakeError};
 
@@ -543,5 +554,207 @@ pub fn mesh_datagram(data: &[u8]) {
         let mut again = BytesMut::new();
         datagram::encode_forward(&mut again, &d.src, &d.dst, &d.packet);
         assert_eq!(&again[..], data);
+    }
+}
+
+// --- presence_frames ---
+
+/// Reads `data` as a mesh link does: byte 0 picks the [`WatchSet`] bound (0..=7) and policy,
+/// the rest is the byte stream from the peer relay, cut into frames by a client decoder and
+/// decoded as `ClientReader::recv` does (undecodable frames skipped). PeerPresent and PeerGone
+/// go to the set; a KeepAlive stands for one second passing (`handle_timeout`), a Ping for the
+/// link breaking and reconnecting.
+///
+/// Invariants: the set never holds more than its bound, and every action it returns is what a
+/// plain `HashMap` model of the held keys predicts (Add only for a new key, Update only for a
+/// changed one, Remove only for a held one, a refusal only when full).
+pub fn presence_frames(data: &[u8]) {
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let max_peers = usize::from(control & 0x07);
+    let policy = if control & 0x08 == 0 {
+        ReconnectPolicy::ClearOnBreak
+    } else {
+        ReconnectPolicy::Resync {
+            window: Duration::from_secs(u64::from(control >> 4)),
+        }
+    };
+    let mut set = WatchSet::new(max_peers, policy);
+    let mut model = PresenceModel::default();
+    let start = Instant::now();
+    let mut now = start;
+    let mut decoder = FrameDecoder::client();
+    let mut buf = BytesMut::from(stream);
+    while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+        let Ok(msg) = ServerToClient::decode(frame.ty, frame.payload) else {
+            continue;
+        };
+        match msg {
+            ServerToClient::PeerPresent { peer, addr, flags } => {
+                let got = set.peer_present(peer, addr, flags);
+                let want = model.present(peer, addr, flags, max_peers);
+                assert_eq!(got, want, "PeerPresent for {peer:?}");
+            }
+            ServerToClient::PeerGone { peer, reason } => {
+                let got = set.peer_gone(peer, reason);
+                let want = model
+                    .held
+                    .remove(&peer)
+                    .map(|_| WatchAction::Remove { peer, reason });
+                assert_eq!(got, want, "PeerGone for {peer:?}");
+            }
+            ServerToClient::KeepAlive => {
+                now += Duration::from_secs(1);
+                let got = set.handle_timeout(now);
+                let want = match model.deadline {
+                    Some(deadline) if now >= deadline => model.expire(),
+                    _ => Vec::new(),
+                };
+                assert_same_actions(got, want);
+            }
+            ServerToClient::Ping(_) => {
+                let mut got = set.disconnected();
+                got.extend(set.connected(now));
+                let want = match policy {
+                    ReconnectPolicy::ClearOnBreak => model.clear(),
+                    ReconnectPolicy::Resync { window } => {
+                        for held in model.held.values_mut() {
+                            held.2 = true;
+                        }
+                        model.deadline = (!model.held.is_empty()).then(|| now + window);
+                        Vec::new()
+                    }
+                };
+                assert_same_actions(got, want);
+            }
+            _ => {}
+        }
+        if model.held.values().all(|held| !held.2) {
+            model.deadline = None;
+        }
+        assert!(
+            set.len() <= max_peers,
+            "{} keys over a bound of {max_peers}",
+            set.len()
+        );
+        assert_eq!(set.len(), model.held.len());
+        assert_eq!(set.stale_len(), model.held.values().filter(|h| h.2).count());
+        assert_eq!(set.poll_timeout(), model.deadline);
+        for peer in model.held.keys() {
+            assert!(set.contains(peer), "{peer:?} missing");
+        }
+    }
+}
+
+/// The keys a [`WatchSet`] should hold: address, flags, stale.
+#[derive(Default)]
+struct PresenceModel {
+    held: HashMap<NodePublicKey, (Option<SocketAddr>, PeerPresentFlags, bool)>,
+    deadline: Option<Instant>,
+}
+
+impl PresenceModel {
+    fn present(
+        &mut self,
+        peer: NodePublicKey,
+        addr: Option<SocketAddr>,
+        flags: PeerPresentFlags,
+        max_peers: usize,
+    ) -> Result<Option<WatchAction>, WatchSetFull> {
+        let len = self.held.len();
+        match self.held.get_mut(&peer) {
+            Some(held) => {
+                held.2 = false;
+                if (held.0, held.1) == (addr, flags) {
+                    return Ok(None);
+                }
+                (held.0, held.1) = (addr, flags);
+                Ok(Some(WatchAction::Update { peer, addr, flags }))
+            }
+            None if len >= max_peers => Err(WatchSetFull { peer, max_peers }),
+            None => {
+                self.held.insert(peer, (addr, flags, false));
+                Ok(Some(WatchAction::Add { peer, addr, flags }))
+            }
+        }
+    }
+
+    fn clear(&mut self) -> Vec<WatchAction> {
+        self.deadline = None;
+        self.held.drain().map(|(peer, _)| broke(peer)).collect()
+    }
+
+    fn expire(&mut self) -> Vec<WatchAction> {
+        self.deadline = None;
+        let stale: Vec<NodePublicKey> = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.2)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in &stale {
+            self.held.remove(peer);
+        }
+        stale.into_iter().map(broke).collect()
+    }
+}
+
+fn broke(peer: NodePublicKey) -> WatchAction {
+    WatchAction::Remove {
+        peer,
+        reason: PeerGoneReason::MESH_CONN_BROKE,
+    }
+}
+
+/// The same actions, in any order (a set's iteration order is not part of its contract).
+fn assert_same_actions(mut got: Vec<WatchAction>, mut want: Vec<WatchAction>) {
+    let key = |a: &WatchAction| format!("{a:?}");
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(got, want);
+}
+
+// --- stun_response ---
+
+/// Parses `data` as a Binding Response, as a Tailscale client reads our STUN server's answers.
+///
+/// Invariants: a parsed response is STUN with the success type, its TxID is bytes 8..20, its
+/// address is never IPv4-mapped, bytes after the header's length change nothing, and our own
+/// answer to that TxID sent to that address parses back to exactly the same pair.
+pub fn stun_response(data: &[u8]) {
+    let parsed = stun::parse_binding_response(data);
+    let Ok((tx, addr)) = parsed else {
+        return;
+    };
+    // The header's length is honoured: bytes after the message change nothing.
+    let mut longer = data.to_vec();
+    longer.extend_from_slice(&[0xa5; 7]);
+    assert_eq!(stun::parse_binding_response(&longer), parsed);
+    assert!(stun::is_stun(data));
+    assert_eq!(
+        u16::from_be_bytes([data[0], data[1]]),
+        stun::BINDING_SUCCESS
+    );
+    assert_eq!(tx.0[..], data[8..20], "TxID is not the header's");
+    if let IpAddr::V6(v6) = addr.ip() {
+        assert!(v6.to_ipv4_mapped().is_none(), "{addr} left IPv4-mapped");
+    }
+    let request = stun::binding_request(tx);
+    let req = match stun::parse_binding_request(&request) {
+        Ok(req) => req,
+        Err(e) => panic!("our own request does not parse: {e}"),
+    };
+    for rfc5780 in [None, Some(&RFC5780[0]), Some(&RFC5780[1])] {
+        let mut out = Vec::new();
+        assert_eq!(
+            stun::binding_response(&req, addr, rfc5780, &mut out),
+            Reply::Success
+        );
+        assert_eq!(
+            stun::parse_binding_response(&out),
+            Ok((tx, addr)),
+            "our answer to {addr} does not round-trip"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! input the fuzzers were seeded with or found (rustls: `test_read_fuzz_corpus`).
 //!
 //! The corpus lives in `fuzz/corpus/<target>/`, one directory per target in
-//! `fuzz/fuzz_targets/`; a crash input committed there stays fixed.
+//! `fuzz/fuzz_targets/`; a crash input committed there stays fixed. Targets whose harness is in
+//! `derper::fuzzing` are replayed by `derper/tests/fuzz_corpus.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use derp_proto::fuzzing;
 type Harness = fn(&[u8]);
 
 /// Every fuzz target and the harness it calls.
-const TARGETS: [(&str, Harness); 7] = [
+const TARGETS: [(&str, Harness); 9] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("client_messages", fuzzing::client_messages),
     ("server_messages", fuzzing::server_messages),
@@ -21,6 +22,8 @@ const TARGETS: [(&str, Harness); 7] = [
     ("client_info_open", fuzzing::client_info_open),
     ("stun_request", fuzzing::stun_request),
     ("mesh_datagram", fuzzing::mesh_datagram),
+    ("presence_frames", fuzzing::presence_frames),
+    ("stun_response", fuzzing::stun_response),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -89,7 +92,18 @@ fn mesh_datagram() {
     replay("mesh_datagram");
 }
 
-/// Every corpus directory has a harness here and a target in `fuzz/`, and the other way round.
+#[test]
+fn presence_frames() {
+    replay("presence_frames");
+}
+
+#[test]
+fn stun_response() {
+    replay("stun_response");
+}
+
+/// Every corpus directory has a target in `fuzz/` and the other way round; each target calls
+/// the harness of its name, here or in `derper::fuzzing` (whose replay test checks its own).
 #[test]
 fn targets_and_corpus_match() {
     let fuzz = fuzz_dir();
@@ -103,20 +117,28 @@ fn targets_and_corpus_match() {
         .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
         .collect();
     targets.sort();
-    let mut ours: Vec<String> = TARGETS.iter().map(|(n, _)| (*n).to_owned()).collect();
-    ours.sort();
-    assert_eq!(corpus, ours, "fuzz/corpus/ directories");
-    assert_eq!(targets, ours, "fuzz/fuzz_targets/ files");
+    assert_eq!(
+        corpus, targets,
+        "fuzz/corpus/ directories and fuzz/fuzz_targets/ files"
+    );
     let manifest = fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-    for name in &ours {
+    for name in &targets {
         let target = fs::read_to_string(fuzz.join(format!("fuzz_targets/{name}.rs"))).unwrap();
+        let ours = TARGETS.iter().any(|(n, _)| n == name);
+        let crate_name = if ours { "derp_proto" } else { "derper" };
         assert!(
-            target.contains(&format!("derp_proto::fuzzing::{name}(data)")),
-            "fuzz_targets/{name}.rs must call derp_proto::fuzzing::{name}"
+            target.contains(&format!("{crate_name}::fuzzing::{name}(data)")),
+            "fuzz_targets/{name}.rs must call {crate_name}::fuzzing::{name}"
         );
         assert!(
             manifest.contains(&format!("name = \"{name}\"")),
             "{name} not in Cargo.toml"
+        );
+    }
+    for (name, _) in TARGETS {
+        assert!(
+            targets.iter().any(|t| t == name),
+            "no fuzz target for {name}"
         );
     }
 }

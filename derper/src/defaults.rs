@@ -59,6 +59,10 @@ pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP request head accepted on the DERP listener.
 pub const MAX_HTTP_HEAD: usize = 16 * 1024;
 
+/// Largest WebSocket message (and frame) read from a DERP WebSocket client: a DERP frame is at
+/// most 64 KiB of packet plus keys, so anything much larger is abuse.
+pub const MAX_WEBSOCKET_MESSAGE: usize = 1 << 20;
+
 /// Time given to writers to flush the Restarting frame at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 

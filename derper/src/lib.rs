@@ -27,6 +27,8 @@ pub mod config;
 pub mod defaults;
 pub mod derpmap;
 pub mod derpmap_check;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keyfile;
 pub mod limits;

@@ -17,7 +17,7 @@
 mod cache;
 mod localapi;
 mod metrics;
-mod webhook;
+pub(crate) mod webhook;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

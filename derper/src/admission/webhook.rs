@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Answer, CallError};
 use crate::defaults;
@@ -26,13 +26,6 @@ use crate::defaults;
 struct AdmitRequest {
     node_public: String,
     source: IpAddr,
-}
-
-/// `tailcfg.DERPAdmitClientResponse`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AdmitResponse {
-    allow: bool,
 }
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -126,17 +119,30 @@ impl Webhook {
         if status != StatusCode::OK {
             return Err(CallError::BadStatus(status.as_u16()));
         }
-        let answer: AdmitResponse = serde_json::from_slice(&body).map_err(|e| {
-            CallError::BadBody(format!(
-                "not a DERPAdmitClientResponse ({e}): {:?}",
-                String::from_utf8_lossy(&body[..body.len().min(64)])
-            ))
-        })?;
-        Ok(if answer.allow {
-            Answer::Allow
-        } else {
-            Answer::Deny
-        })
+        parse_answer(&body)
+    }
+}
+
+/// Reads a `200` answer's body: `tailcfg.DERPAdmitClientResponse`, a JSON object whose `Allow`
+/// is a boolean. Other keys are ignored and a repeated key counts once, its last value, as in
+/// Go's `encoding/json`; any other shape (an array, a string `"true"`, no `Allow`) is no answer.
+/// Not a derived `Deserialize`: serde would also read `[true]`, a sequence, as the struct.
+pub(crate) fn parse_answer(body: &[u8]) -> Result<Answer, CallError> {
+    let bad = |why: String| {
+        CallError::BadBody(format!(
+            "not a DERPAdmitClientResponse ({why}): {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(64)])
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let Some(object) = value.as_object() else {
+        return Err(bad("not a JSON object".into()));
+    };
+    match object.get("Allow") {
+        Some(serde_json::Value::Bool(true)) => Ok(Answer::Allow),
+        Some(serde_json::Value::Bool(false)) => Ok(Answer::Deny),
+        Some(_) => Err(bad("Allow is not a boolean".into())),
+        None => Err(bad("no Allow".into())),
     }
 }
 
@@ -150,4 +156,44 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headscale's answers, and the shapes that are no answer. `[true]` was an Allow while the
+    /// body went through a derived `Deserialize`, which also reads a struct from a sequence.
+    #[test]
+    fn only_an_object_with_a_boolean_allow_answers() {
+        assert_eq!(
+            parse_answer(b"{\"Allow\":true}\n").ok(),
+            Some(Answer::Allow)
+        );
+        assert_eq!(
+            parse_answer(b"{\"Allow\":false}\n").ok(),
+            Some(Answer::Deny)
+        );
+        assert_eq!(
+            parse_answer(br#"{"Reason":"x","Allow":false,"Allow":true}"#).ok(),
+            Some(Answer::Allow),
+            "the last of a repeated key counts, as in Go"
+        );
+        for body in [
+            &b"[true]"[..],
+            b"true",
+            b"{}",
+            br#"{"Allow":"true"}"#,
+            br#"{"Allow":1}"#,
+            br#"{"Allow":null}"#,
+            br#"{"Allow":true} x"#,
+            b"",
+        ] {
+            assert!(
+                matches!(parse_answer(body), Err(CallError::BadBody(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 }

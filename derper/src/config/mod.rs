@@ -20,6 +20,7 @@ use derp_proto::MeshKey;
 pub use self::cli::{Cli, CommandLine, normalize_go_flags};
 pub(crate) use self::duration::go_duration;
 pub use self::duration::{GoDuration, format_go_duration, parse_go_duration};
+pub(crate) use self::file::ConfigFile;
 pub use self::settings::{
     AdmissionSettings, DerpMapSettings, LimitsSettings, ListenSettings, MeshSettings,
     RelaySettings, ServerSettings, Settings, TlsSettings,

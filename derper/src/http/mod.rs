@@ -49,7 +49,7 @@ pub(crate) struct HttpContext {
 
 /// How the first request on a connection should be handled.
 #[derive(Debug, PartialEq, Eq)]
-enum FirstRequest {
+pub(crate) enum FirstRequest {
     /// `Upgrade: DERP` (or legacy bare websocket): raw DERP framing follows.
     Derp { fast_start: bool, not_ideal: bool },
     /// WebSocket with the `derp` subprotocol.
@@ -62,11 +62,11 @@ enum FirstRequest {
 
 /// The error answer to an upgrade request: status, extra header lines and a reason for the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Refusal {
-    status: &'static str,
+pub(crate) struct Refusal {
+    pub(crate) status: &'static str,
     /// Extra header lines, each ending in CRLF.
-    headers: &'static str,
-    reason: &'static str,
+    pub(crate) headers: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl Refusal {
@@ -80,7 +80,7 @@ impl Refusal {
 
     /// The whole response; the connection closes after it. The body is Go's: the status then
     /// the reason.
-    fn response(&self) -> Vec<u8> {
+    pub(crate) fn response(&self) -> Vec<u8> {
         let body = format!("{}: {}\n", self.status, self.reason);
         format!(
             "HTTP/1.1 {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
@@ -199,7 +199,10 @@ fn classify(req: &httparse::Request<'_, '_>, derp_enabled: bool) -> FirstRequest
 /// Classifies the first request and returns where its head ends (0 if it is not a complete,
 /// valid head: hyper then answers 400). A separate function so the parser's header array
 /// never lives in the connection's task.
-fn parse_first_request(head: &[u8], derp_enabled: bool) -> (FirstRequest, usize) {
+pub(crate) fn parse_first_request(head: &[u8], derp_enabled: bool) -> (FirstRequest, usize) {
+    // `read_head` stops at the cap, but one read can carry it past: only the capped prefix
+    // may hold the head, so a longer head is never upgraded (hyper answers it with 431).
+    let head = &head[..head.len().min(defaults::MAX_HTTP_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -211,7 +214,7 @@ fn parse_first_request(head: &[u8], derp_enabled: bool) -> (FirstRequest, usize)
 
 /// What the bytes read so far are.
 #[derive(Debug, PartialEq, Eq)]
-enum HeadState {
+pub(crate) enum HeadState {
     /// A whole request head (or the size limit was reached: hyper answers that).
     Complete,
     /// A valid beginning of a request head.
@@ -237,7 +240,9 @@ fn head_state(buf: &[u8]) -> HeadState {
 /// Reads a request head (bounded in size) and returns everything read so far, and whether it
 /// can be HTTP at all: bytes that cannot begin a request are answered at once rather than
 /// held until the head timeout.
-async fn read_head<S: Stream>(io: &mut S) -> std::io::Result<Option<(BytesMut, HeadState)>> {
+pub(crate) async fn read_head<S: Stream>(
+    io: &mut S,
+) -> std::io::Result<Option<(BytesMut, HeadState)>> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         buf.reserve(1024);
@@ -328,14 +333,10 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
                 );
                 Ok(resp)
             };
-            let mut config = WebSocketConfig::default();
-            // A frame can be 64 KiB of packet plus keys; anything much larger is abuse.
-            config.max_message_size = Some(1 << 20);
-            config.max_frame_size = Some(1 << 20);
             let ws = match Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
                 rewound,
                 choose_derp,
-                Some(config),
+                Some(websocket_config()),
             ))
             .await
             {
@@ -366,6 +367,15 @@ pub(crate) async fn serve_main<S: Stream>(mut io: S, remote: SocketAddr, ctx: Ar
             .await
         }
     }
+}
+
+/// The limits of a DERP WebSocket as the server reads it.
+pub(crate) fn websocket_config() -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    // A frame can be 64 KiB of packet plus keys; anything much larger is abuse.
+    config.max_message_size = Some(defaults::MAX_WEBSOCKET_MESSAGE);
+    config.max_frame_size = Some(defaults::MAX_WEBSOCKET_MESSAGE);
+    config
 }
 
 /// Writes `response` and closes the connection.
@@ -514,6 +524,27 @@ mod tests {
             classify_str("GET /derp/probe HTTP/1.1\r\nUpgrade: DERP\r\n\r\n"),
             FirstRequest::Other
         );
+    }
+
+    /// Found by the `http_head` fuzz target: a head that arrived in one read longer than the
+    /// cap was upgraded. Only a head within the cap counts; hyper refuses the rest.
+    #[test]
+    fn a_head_over_the_cap_is_never_an_upgrade() {
+        let pad = "a".repeat(defaults::MAX_HTTP_HEAD);
+        let head =
+            format!("GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nX-Pad: {pad}\r\n\r\n");
+        assert_eq!(
+            parse_first_request(head.as_bytes(), true),
+            (FirstRequest::Other, 0)
+        );
+        let fits = format!(
+            "GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nX-Pad: {}\r\n\r\n",
+            &pad[..defaults::MAX_HTTP_HEAD - 100]
+        );
+        assert!(matches!(
+            parse_first_request(fits.as_bytes(), true),
+            (FirstRequest::Derp { .. }, n) if n == fits.len()
+        ));
     }
 
     /// HTTP/1.1 needs exactly one Host, as Go's net/http enforces before derper's handler runs;
