@@ -343,7 +343,7 @@ fn ws_model(input: &[u8]) -> WsModel {
         };
         let (fin, opcode, data) = frame;
         match opcode {
-            0x0 | 0x1 | 0x2 => {
+            0x0..=0x2 => {
                 let mut current = match (opcode, message.take()) {
                     (0x0, Some(current)) => current,
                     (0x1 | 0x2, None) => (opcode == 0x1, Vec::new()),
@@ -371,7 +371,7 @@ fn ws_model(input: &[u8]) -> WsModel {
                     payload.extend_from_slice(&bytes);
                 }
             }
-            0x8 | 0x9 | 0xa if !fin || data.len() > 125 => break ModelEnd::Other,
+            0x8..=0xa if !fin || data.len() > 125 => break ModelEnd::Other,
             0x8 => break ModelEnd::Close,
             0x9 | 0xa => {}
             _ => break ModelEnd::Other,
