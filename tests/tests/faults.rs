@@ -20,24 +20,7 @@ async fn start(
     port: u16,
     args: &[&str],
 ) -> Option<DerperProcess> {
-    let bin = common::our_derper()?;
-    let args: Vec<String> = ["--stun=false"]
-        .iter()
-        .chain(args)
-        .map(|s| s.to_string())
-        .collect();
-    Some(
-        DerperProcess::start(
-            &bin,
-            dir,
-            name,
-            port,
-            format!("http://127.0.0.1:{port}/derp"),
-            ServerVerify::Insecure,
-            &args,
-        )
-        .await,
-    )
+    DerperProcess::plain(dir, name, port, args).await
 }
 
 fn signal(p: &DerperProcess, sig: i32) {

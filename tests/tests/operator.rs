@@ -87,25 +87,7 @@ impl Webhook {
 }
 
 async fn start(dir: &std::path::Path, name: &str, args: &[&str]) -> Option<DerperProcess> {
-    let bin = common::our_derper()?;
-    let port = common::free_port();
-    let args: Vec<String> = ["--stun=false"]
-        .iter()
-        .chain(args)
-        .map(|s| s.to_string())
-        .collect();
-    Some(
-        DerperProcess::start(
-            &bin,
-            dir,
-            name,
-            port,
-            format!("http://127.0.0.1:{port}/derp"),
-            ServerVerify::Insecure,
-            &args,
-        )
-        .await,
-    )
+    DerperProcess::plain(dir, name, common::free_port(), args).await
 }
 
 async fn client_with(relay: &DerperProcess, secret: &NodeSecretKey) -> Result<Client, String> {

@@ -90,6 +90,29 @@ impl DerperProcess {
         panic!("derper {name} not listening after 10 s:\n{}", p.log());
     }
 
+    /// Our binary, plain HTTP on `port` without STUN, with `args`; `None` (after saying why)
+    /// when the binary is not built and this is not CI.
+    pub async fn plain(dir: &Path, name: &str, port: u16, args: &[&str]) -> Option<Self> {
+        let bin = super::our_derper()?;
+        let args: Vec<String> = ["--stun=false"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+        Some(
+            Self::start(
+                &bin,
+                dir,
+                name,
+                port,
+                format!("http://127.0.0.1:{port}/derp"),
+                ServerVerify::Insecure,
+                &args,
+            )
+            .await,
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
