@@ -901,6 +901,25 @@ fn p256_sec1_from_pkcs8(pkcs8: &[u8], public_point: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Trust roots from a PEM bundle (the mesh's `--mesh-ca`, ACME's `--acme-ca-file`). The error
+/// says what is wrong; callers add the file and the flag.
+pub(crate) fn load_root_bundle(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = fs::read(path).map_err(|e| e.to_string())?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE blocks".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {}: {e}", i + 1))?;
+    }
+    Ok(roots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -536,24 +536,10 @@ impl Acme {
 
 /// Roots from a PEM bundle.
 fn load_roots(path: &std::path::Path) -> Result<RootCertStore, AcmeSetupError> {
-    let fail = |reason: String| AcmeSetupError::CaFile {
+    tls::load_root_bundle(path).map_err(|reason| AcmeSetupError::CaFile {
         path: path.to_owned(),
         reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(fail("no CERTIFICATE blocks".to_owned()));
-    }
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots
-            .add(cert)
-            .map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
-    }
-    Ok(roots)
+    })
 }
 
 /// The system trust store (honours `SSL_CERT_FILE` / `SSL_CERT_DIR`); the built-in Mozilla

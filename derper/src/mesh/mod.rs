@@ -347,24 +347,10 @@ fn system_roots() -> ServerVerify {
 }
 
 fn load_ca_bundle(path: &Path) -> Result<RootCertStore, MeshError> {
-    let fail = |reason: String| MeshError::CaBundle {
+    crate::tls::load_root_bundle(path).map_err(|reason| MeshError::CaBundle {
         path: path.to_path_buf(),
         reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(fail("no CERTIFICATE blocks".into()));
-    }
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots
-            .add(cert)
-            .map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
-    }
-    Ok(roots)
+    })
 }
 
 #[cfg(test)]
