@@ -132,7 +132,11 @@ tailnet() {
     fi
     return $rc
 }
-[[ $have_go -eq 1 ]] && step "install Headscale and tailscaled (pinned)" scripts/install-tailnet-tools.sh
+if [[ $have_go -eq 1 ]]; then
+    step "install Headscale and tailscaled (pinned)" scripts/install-tailnet-tools.sh
+    # Before the tailnet step: its Headscale reads a DERP map that OpenTofu generates.
+    step "install deploy tools (helm, tofu, kubevalidate, hadolint; pinned)" scripts/install-deploy-tools.sh
+fi
 step "tailnet: Headscale + two tailscaled relayed by our derper (root, netns)" tailnet
 
 if [[ -x tests/loadtest-netns.sh ]]; then
@@ -140,7 +144,6 @@ if [[ -x tests/loadtest-netns.sh ]]; then
 fi
 
 if [[ $have_go -eq 1 ]]; then
-    step "install deploy tools (helm, tofu, kubevalidate, hadolint; pinned)" scripts/install-deploy-tools.sh
     step "deploy: Dockerfile, Helm chart, Terraform, DERP maps (tests/deploy.sh)" tests/deploy.sh
 else
     skip "deploy validation" "go is not installed: helm, tofu and kubevalidate are built from Go modules"

@@ -131,6 +131,7 @@ refuses() {
 check "chart refuses an unknown value key (schema)" refuses "additional properties 'replica' not allowed" --set replica=3
 check "chart refuses a wrongly typed value (schema)" refuses "replicas" --set-string replicas=two
 check "chart refuses an unknown TLS mode (schema)" refuses "/tls/mode" --set tls.mode=letsencrypt
+check "chart refuses an ACME directory that is not https (schema)" refuses "/tls/acme/directory" --set tls.acme.directory=http://ca.example/dir
 check "chart refuses more replicas than nodes" refuses "nodes has 2 entries but replicas is 3" --set replicas=3
 check "chart refuses ACME with a mesh and no shared TLS name" refuses "mesh.peerTlsName" --set tls.mode=acme
 check "chart refuses admission without a verify URL" refuses "admission.verifyClientUrl" --set admission.enabled=true

@@ -495,8 +495,15 @@ func TestAdmissionAndRateConfig(t *testing.T) {
 		t.Error("reload=rollout: changing the rate left the pod template unchanged")
 	}
 	toml = r.configMap(t, "-config").Data["derp-derper-0.toml"]
-	if !strings.Contains(toml, `certmode = "letsencrypt"`) || !strings.Contains(toml, `certdir = "/var/lib/derper/acme"`) {
-		t.Errorf("acme config:\n%s", toml)
+	for _, want := range []string{
+		`certmode = "letsencrypt"`,
+		`certdir = "/var/lib/derper/acme"`,
+		`acme_directory = "https://acme-v02.api.letsencrypt.org/directory"`,
+		`acme_email = "ops@example.com"`,
+	} {
+		if !strings.Contains(toml, want) {
+			t.Errorf("acme config lacks %s:\n%s", want, toml)
+		}
 	}
 	checkConfigs(t, r, 1)
 }
