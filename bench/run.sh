@@ -6,7 +6,12 @@
 # anything (design.md §7).
 #
 # Usage: bench/run.sh [scenario...]
-#   scenarios: tput tls latency idle storm burst flood (default: tput tls latency idle storm)
+#   scenarios: tput tls latency sweep idle storm burst flood stun
+#              (default: tput tls latency sweep idle storm stun)
+#   sweep: open loop at SWEEP_PCTS % of OUR closed-loop peak (1 300 B plain, from tput), the
+#   same offered rates for every server: delivered vs offered, loss, per-pair fairness; drawn
+#   as overload.svg next to the table (bench/overload_plot.py).
+#   stun: bench/stun/run.sh (stunner vs derper's STUN; CPU per response) into stun.md.
 #   tput also measures the physical ceiling (design.md §7): a bare TCP forwarder on this box
 #   (loadtest/examples/tcp_forwarder.rs, Rust/tokio, no DERP logic) with the same PAIRS, at
 #   100 B, 1 300 B and 64 KiB writes. Every case records the server's CPU time (utime + stime
@@ -18,6 +23,8 @@
 #   STORM_CLIENTS=2000 STORM_ROUNDS=2
 #   BURSTS="64 256" BURST_COUNT=20 BURST_SIZE=1200 BURST_TIMEOUT=1s
 #   FLOODERS="2 4 8" FLOOD_RATES="200 1000" FLOOD_DURATION=5s
+#   SWEEP_PCTS="100 150 300"      offered load of the sweep, % of our peak
+#   STUN_ROUNDS=3 STUN_SOCKETS=4  the stun scenario's rounds and client sockets
 #   DERPER_NEW=v1.104.7 DERPER_OLD=v1.102.5    the Tailscale releases (installed into
 #                                 .tools/bench by scripts/install-bench-derpers.sh)
 #   TAILSCALE_DERPER_NEW=/path TAILSCALE_DERPER_OLD=/path   use these binaries instead
@@ -41,7 +48,10 @@ BURST_TIMEOUT=${BURST_TIMEOUT:-1s}
 FLOODERS=${FLOODERS:-"2 4 8"}
 FLOOD_RATES=${FLOOD_RATES:-"200 1000"}
 FLOOD_DURATION=${FLOOD_DURATION:-5s}
-SCENARIOS=${*:-tput tls latency idle storm}
+SWEEP_PCTS=${SWEEP_PCTS:-"100 150 300"}
+STUN_ROUNDS=${STUN_ROUNDS:-3}
+STUN_SOCKETS=${STUN_SOCKETS:-4}
+SCENARIOS=${*:-tput tls latency sweep idle storm stun}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$REPO/bench/results/$STAMP
 WORK=$REPO/bench/work/$STAMP
@@ -206,6 +216,26 @@ for s in $SCENARIOS; do
         log "latency: needs the tput scenario first"
       fi
       ;;
+    sweep)
+      # Open loop at fixed rates: SWEEP_PCTS % of our own closed-loop peak, split evenly over
+      # the 2 x PAIRS senders. The same offered rates for every server, so the plot compares
+      # how each copes with the same push; the client reports what it actually offered.
+      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.ours.json" 2>/dev/null || echo 0)
+      if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
+        for pct in $SWEEP_PCTS; do
+          rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
+          all "sweep-1300-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
+        done
+      else
+        log "sweep: needs the tput scenario first"
+      fi
+      ;;
+    stun)
+      log "stun: bench/stun/run.sh (ROUNDS=$STUN_ROUNDS SOCKETS=$STUN_SOCKETS)"
+      DERPER_STUN=$GO_NEW ROUNDS=$STUN_ROUNDS SOCKETS=$STUN_SOCKETS DURATION=5 \
+        bash "$REPO/bench/stun/run.sh" --out "$OUT/stun.md" >"$WORK/stun.log" 2>&1 \
+        || log "stun exited $?; see $WORK/stun.log"
+      ;;
     idle)
       for n in $IDLE_CONNS; do
         # One loadtest process (19 000 sockets fit under its 20 000-file cap), so the server's
@@ -242,10 +272,13 @@ for s in $SCENARIOS; do
 done
 
 CMD="PAIRS=$PAIRS DURATION=$DURATION WINDOW=$WINDOW IDLE_CONNS=\"$IDLE_CONNS\""
+case " $SCENARIOS " in *" sweep "*) CMD+=" SWEEP_PCTS=\"$SWEEP_PCTS\"" ;; esac
+case " $SCENARIOS " in *" stun "*) CMD+=" STUN_ROUNDS=$STUN_ROUNDS STUN_SOCKETS=$STUN_SOCKETS" ;; esac
 case " $SCENARIOS " in *" storm "*) CMD+=" STORM_CLIENTS=$STORM_CLIENTS STORM_ROUNDS=$STORM_ROUNDS" ;; esac
 case " $SCENARIOS " in *" burst "*) CMD+=" BURSTS=\"$BURSTS\" BURST_COUNT=$BURST_COUNT BURST_SIZE=$BURST_SIZE BURST_TIMEOUT=$BURST_TIMEOUT" ;; esac
 case " $SCENARIOS " in *" flood "*) CMD+=" FLOODERS=\"$FLOODERS\" FLOOD_RATES=\"$FLOOD_RATES\" FLOOD_DURATION=$FLOOD_DURATION" ;; esac
 python3 "$REPO/bench/table.py" "$OUT" "$OUR_COMMIT" "$CMD bench/run.sh $SCENARIOS" \
   "$GO_NEW_LABEL=$GO_NEW_VERSION" "$GO_OLD_LABEL=$GO_OLD_VERSION" | tee "$OUT/summary.md"
+python3 "$REPO/bench/overload_plot.py" "$OUT" "$OUT/overload.svg" || log "no overload plot"
 cp "$OUT/summary.md" "$REPO/bench/results/latest.md"
 log "results in $OUT"

@@ -33,7 +33,32 @@ def cpu_secs(d, name, which):
 
 
 def is_tput(name):
-    return name.startswith("tput") or name.startswith("overload")
+    return name.startswith(("tput", "overload", "sweep"))
+
+
+def offered_pps(r):
+    """Packets/s the client actually sent (open loop may fall short of the asked rate)."""
+    secs = r.get("measured_secs", 0)
+    return r.get("traffic", {}).get("sent", 0) / secs if secs else 0.0
+
+
+def fairness(r):
+    """(min/mean, Jain index) of per-flow deliveries, or None (see loadtest's Fairness)."""
+    counts = r.get("extra", {}).get("flow_received")
+    if not counts:
+        return None
+    n, total = len(counts), sum(counts)
+    if not total:
+        return (0.0, 0.0)
+    mean = total / n
+    return (min(counts) / mean, total * total / (n * sum(c * c for c in counts)))
+
+
+def fairness_rows(r):
+    f = fairness(r)
+    if f is None:
+        return []
+    return [("slowest pair / mean", f[0], True), ("Jain fairness index", f[1], True)]
 
 
 def size_of(name):
@@ -69,7 +94,15 @@ def metrics(name, r):
             ("loss %", 100 * t.get("loss_ratio", 0), False),
             ("p50 µs", lat.get("p50", 0), False),
             ("p99 µs", lat.get("p99", 0), False),
-        ]
+        ] + fairness_rows(r)
+    if name.startswith("sweep"):
+        return [
+            ("offered packets/s", offered_pps(r), None),
+            ("delivered packets/s", t.get("packets_per_sec", 0), True),
+            ("loss %", 100 * t.get("loss_ratio", 0), False),
+            ("p50 µs", lat.get("p50", 0), False),
+            ("p99 µs", lat.get("p99", 0), False),
+        ] + fairness_rows(r)
     if name.startswith("latency"):
         return [
             ("packets/s", t.get("packets_per_sec", 0), True),
@@ -156,6 +189,12 @@ def main():
             cells = [name, label] + [fmt(v) for v in vals] + ratios + [better]
             print("| " + " | ".join(cells) + " |")
 
+    if gos:
+        print_goals(d, gos[0][0], ceilings)
+    stun = os.path.join(d, "stun.md")
+    if os.path.exists(stun):
+        print("\n" + open(stun).read().replace("## STUN", "STUN", 1))
+
     if ceil_names:
         print("\nPhysical ceiling: bare TCP forwarder on this box, same run "
               "(`loadtest/examples/tcp_forwarder.rs`: Rust/tokio, `copy_bidirectional`, no DERP "
@@ -173,6 +212,77 @@ def main():
             cpu_gb = fmt(cpu / gb) if cpu is not None and gb else "n/a"
             print(f"| {n} | {fmt(size_of(n))} | {fmt(t.get('packets_per_sec', 0))} | "
                   f"{fmt(t.get('bits_per_sec', 0) / 1e6)} | {cpu_gb} |")
+
+
+def goal_rows(d, new, ceilings):
+    """(goal, measured text, met) for issue 12's goals; `new` is the newest Go release's label.
+    A goal whose cases were not run is left out."""
+    rows = []
+
+    def pps(name, which):
+        r = load(d, name, which)
+        return r.get("traffic", {}).get("packets_per_sec", 0) if r else None
+
+    def ratio_goal(text, name, want, metric=lambda r: r.get("traffic", {}).get("packets_per_sec", 0)):
+        o, g = load(d, name, "ours"), load(d, name, new)
+        if o and g and metric(g):
+            v = metric(o) / metric(g)
+            rows.append((text, f"{v:.2f}×", v >= want))
+
+    peak = pps("tput-1300-plain", "ours")
+    for pct in (150, 300):
+        r = load(d, f"sweep-1300-{pct}", "ours")
+        if r and peak:
+            v = r["traffic"]["packets_per_sec"] / peak
+            f = fairness(r)
+            spread = f", slowest pair {f[0]:.2f} of mean, Jain {f[1]:.3f}" if f else ""
+            rows.append((f"open loop at {pct} % of our peak: delivered ≥ 95 % of peak",
+                         f"{100 * v:.1f} % (offered {offered_pps(r):,.0f}/s{spread})", v >= 0.95))
+    ratio_goal("peak packets/s, 1 300 B plain ≥ 3× derper", "tput-1300-plain", 3.0)
+    ratio_goal("peak packets/s, 100 B plain ≥ 2× derper", "tput-100-plain", 2.0)
+    ratio_goal("peak packets/s, 1 300 B TLS ≥ 2.5× derper", "tput-1300-tls", 2.5)
+    o, g = load(d, "tput-1300-plain", "ours"), load(d, "tput-1300-plain", new)
+    if o and g:
+        co, cg = cpu_secs(d, "tput-1300-plain", "ours"), cpu_secs(d, "tput-1300-plain", new)
+        bo, bg = o["traffic"]["bytes_received"] / 1e9, g["traffic"]["bytes_received"] / 1e9
+        if co is not None and cg and bo and bg:
+            v = (co / bo) / (cg / bg)
+            rows.append(("server CPU s per GB ≤ ⅕ of derper's (1 300 B plain peak)", f"{v:.2f}×", v <= 0.2))
+        ceil = ceilings.get(1300)
+        if ceil:
+            v = o["traffic"]["bits_per_sec"] / 1e6 / ceil
+            rows.append(("≥ 70 % of the bare TCP forwarder (1 300 B)", f"{100 * v:.0f} %", v >= 0.7))
+        p50 = o["latency_us"]["p50"] / g["latency_us"]["p50"] if g["latency_us"]["p50"] else 0
+        p99 = o["latency_us"]["p99"] / g["latency_us"]["p99"] if g["latency_us"]["p99"] else 0
+        rows.append(("closed-loop peak: p50 ≤ derper's, p99 lower", f"p50 {p50:.2f}×, p99 {p99:.2f}×",
+                     p50 <= 1.0 and p99 < 1.0))
+    hs = lambda r: r.get("extra", {}).get("handshakes_per_sec", 0)
+    ratio_goal("handshakes/s plain ≥ 2× derper", "storm-plain", 2.0, hs)
+    ratio_goal("handshakes/s TLS ≥ 2× derper", "storm-tls", 2.0, hs)
+    try:
+        for line in open(os.path.join(d, "stun.md")):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells and cells[0] == "ours-derper" and len(cells) >= 5:
+                v = float(cells[4].rstrip("x"))
+                rows.append(("STUN responses per server CPU second ≥ 2× derper", f"{v:.2f}×", v >= 2.0))
+    except (OSError, ValueError):
+        pass
+    r = load(d, "latency-50", "ours")
+    if r:
+        v = 100 * r["traffic"]["loss_ratio"]
+        rows.append(("loss below saturation (50 % of derper's peak) < 0.1 %", f"{v:.3f} %", v < 0.1))
+    return rows
+
+
+def print_goals(d, new, ceilings):
+    rows = goal_rows(d, new, ceilings)
+    if not rows:
+        return
+    print(f"\nGoals (issue 12), ours against {version_of(new)} in this run:\n")
+    print("| goal | measured | met |")
+    print("|---|---:|---|")
+    for goal, measured, met in rows:
+        print(f"| {goal} | {measured} | {'yes' if met else '**no**'} |")
 
 
 if __name__ == "__main__":

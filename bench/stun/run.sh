@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # STUN binding responses/s on loopback, in one run: our stunner (batched recvmmsg/sendmmsg loop,
 # and the plain one-datagram loop), Tailscale's derper (-stun-port, pinned release) and coturn
-# (turnserver --stun-only). Prints a markdown table with ratios against derper.
+# (turnserver --stun-only), and our derper's own STUN listener. Prints a markdown table with
+# ratios against Tailscale's derper.
 #
 #   bash bench/stun/run.sh                       # 3 interleaved rounds of 5 s per server
 #   ROUNDS=5 DURATION=10 bash bench/stun/run.sh --out bench/results/stun-$(date +%F).md
@@ -31,11 +32,14 @@ if [[ "${1:-}" == "--out" ]]; then OUT=${2:?--out FILE}; fi
 log() { echo "$@" >&2; }
 
 cargo build -q --release -p stunner --bins --examples
+cargo build -q --release -p derper
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 STUNNER="$target_dir/release/stunner"
 LOAD="$target_dir/release/examples/stun-load"
+OUR_DERPER="$target_dir/release/derper"
 
-DERPER=$(scripts/install-go-tools.sh --print-derper 2>/dev/null || true)
+# DERPER_STUN: Tailscale's derper to compare with (bench/run.sh passes its newest release).
+DERPER=${DERPER_STUN:-$(scripts/install-go-tools.sh --print-derper 2>/dev/null || true)}
 if [[ ! -x "$DERPER" ]]; then
     DERPER=$(command -v derper || echo "$HOME/go/bin/derper")
 fi
@@ -47,7 +51,9 @@ if ! command -v turnserver >/dev/null; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn; } >/dev/null 2>&1 || true
     fi
 fi
-servers=(stunner stunner-batch1 derper)
+# ours-derper: our relay's co-located STUN (`derper --stun-port`), the like-for-like row
+# against Tailscale's derper.
+servers=(ours-derper stunner stunner-batch1 derper)
 command -v turnserver >/dev/null && servers+=(coturn) || log "coturn not installed: skipping it"
 
 work=$(mktemp -d)
@@ -68,6 +74,10 @@ run_one() {
     port=$(free_port)
     case $name in
     stunner) cmd=("$STUNNER" --listen "127.0.0.1:$port") ;;
+    ours-derper)
+        http=$(free_port)
+        cmd=("$OUR_DERPER" -a "127.0.0.1:$http" -c "$work/ours.key" --http-port -1 --stun-port "$port")
+        ;;
     stunner-batch1) cmd=("$STUNNER" --listen "127.0.0.1:$port" --batch 1) ;;
     derper)
         http=$(free_port)

@@ -353,6 +353,12 @@ pub async fn run_pairs(cfg: &PairsConfig) -> anyhow::Result<Report> {
         &mut report.traffic,
         &mut report.latency_us.histogram,
     );
+    if receivers.len() <= crate::report::MAX_FLOWS_RECORDED {
+        report.extra.insert(
+            crate::report::FLOW_RECEIVED_KEY.into(),
+            flow_received(&receivers).into(),
+        );
+    }
     for (class, c) in &classes {
         let mut figures = ClassReport {
             pairs: c.pairs,
@@ -416,6 +422,19 @@ fn tally(
         t.bytes_received += rx.bytes;
         hist.merge(&rx.latency_us);
     }
+}
+
+/// Packets each receiver (one per flow) counted, for the report's fairness figures.
+fn flow_received(receivers: &[Arc<Mutex<Receiver>>]) -> Vec<u64> {
+    receivers
+        .iter()
+        .map(|rx| {
+            rx.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .tracker
+                .unique
+        })
+        .collect()
 }
 
 /// Where a peer's NAT comes from: the userspace simulator, or real namespaces.

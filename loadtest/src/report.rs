@@ -17,6 +17,14 @@ pub const SCHEMA: &str = "derp-loadtest/report/v1";
 /// Most per-peer errors kept verbatim; the rest are only counted in `errors_total`.
 pub const MAX_LISTED_ERRORS: usize = 200;
 
+/// Key in [`Report::extra`] of the per-flow delivered counts (one per sender-to-receiver
+/// direction; arrays concatenate when shards merge), from which [`Report::fairness`] derives.
+pub const FLOW_RECEIVED_KEY: &str = "flow_received";
+
+/// Most flows whose counts a report keeps: enough for any fairness question, small enough
+/// that a 100 000-pair run's JSON stays readable.
+pub const MAX_FLOWS_RECORDED: usize = 4096;
+
 /// One run (or the merge of several shards).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -172,6 +180,58 @@ impl ClassReport {
     }
 }
 
+/// How evenly delivered packets were spread over the flows of a run: a relay that lets one
+/// sender starve another shows a low `min_over_mean` and a Jain index well below 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fairness {
+    /// Flows counted.
+    pub flows: usize,
+    /// Packets/s of the least-served flow.
+    pub min_pps: f64,
+    /// Mean packets/s per flow.
+    pub mean_pps: f64,
+    /// Packets/s of the best-served flow.
+    pub max_pps: f64,
+    /// Jain's fairness index, (Σx)² / (n·Σx²): 1 when every flow got the same, 1/n when one
+    /// flow got everything.
+    pub jain: f64,
+}
+
+impl Fairness {
+    /// The spread of `counts` (packets delivered per flow) over `secs` seconds; `None` without
+    /// flows or time.
+    pub fn from_counts(counts: &[u64], secs: f64) -> Option<Self> {
+        if counts.is_empty() || secs <= 0.0 {
+            return None;
+        }
+        let n = counts.len() as f64;
+        let sum: f64 = counts.iter().map(|&c| c as f64).sum();
+        let sum_sq: f64 = counts.iter().map(|&c| (c as f64) * (c as f64)).sum();
+        let min = counts.iter().copied().min().unwrap_or(0) as f64;
+        let max = counts.iter().copied().max().unwrap_or(0) as f64;
+        Some(Self {
+            flows: counts.len(),
+            min_pps: min / secs,
+            mean_pps: sum / n / secs,
+            max_pps: max / secs,
+            jain: if sum_sq > 0.0 {
+                sum * sum / (n * sum_sq)
+            } else {
+                0.0
+            },
+        })
+    }
+
+    /// The least-served flow's share of the mean (1 = perfectly even).
+    pub fn min_over_mean(&self) -> f64 {
+        if self.mean_pps > 0.0 {
+            self.min_pps / self.mean_pps
+        } else {
+            0.0
+        }
+    }
+}
+
 impl Traffic {
     /// Adds `other`'s raw counts (derived fields are left for [`Traffic::finalize`]).
     pub fn add(&mut self, o: &Self) {
@@ -247,6 +307,18 @@ pub struct Thresholds {
 }
 
 impl Report {
+    /// Per-flow spread of deliveries, when the scenario recorded it (`pairs`, `mesh`).
+    pub fn fairness(&self) -> Option<Fairness> {
+        let counts: Vec<u64> = self
+            .extra
+            .get(FLOW_RECEIVED_KEY)?
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        Fairness::from_counts(&counts, self.measured_secs)
+    }
+
     /// An empty report for `scenario` against `target`.
     pub fn new(scenario: &str, target: &str) -> Self {
         Self {
@@ -459,6 +531,18 @@ impl Report {
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
+        if let Some(f) = self.fairness() {
+            let _ = writeln!(
+                s,
+                "  fairness   {} flows: packets/s min {:.0}, mean {:.0}, max {:.0}; min/mean {:.3}, Jain {:.4}",
+                f.flows,
+                f.min_pps,
+                f.mean_pps,
+                f.max_pps,
+                f.min_over_mean(),
+                f.jain
+            );
+        }
         if !self.classes.is_empty() {
             let _ = writeln!(
                 s,
@@ -573,6 +657,40 @@ fn ratio(a: u64, b: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fairness_of_even_and_starved_flows() {
+        let even = Fairness::from_counts(&[100, 100, 100, 100], 2.0).unwrap();
+        assert_eq!(
+            (even.min_pps, even.mean_pps, even.max_pps),
+            (50.0, 50.0, 50.0)
+        );
+        assert!((even.jain - 1.0).abs() < 1e-12);
+        assert!((even.min_over_mean() - 1.0).abs() < 1e-12);
+        // One flow got everything: Jain is 1/n, the starved flows' share 0.
+        let starved = Fairness::from_counts(&[400, 0, 0, 0], 1.0).unwrap();
+        assert!((starved.jain - 0.25).abs() < 1e-12);
+        assert_eq!(starved.min_over_mean(), 0.0);
+        assert_eq!(Fairness::from_counts(&[], 1.0), None);
+        assert_eq!(Fairness::from_counts(&[1], 0.0), None);
+    }
+
+    #[test]
+    fn fairness_spans_merged_shards() {
+        let mut a = Report::new("pairs", "x");
+        a.measured_secs = 1.0;
+        a.extra
+            .insert(FLOW_RECEIVED_KEY.into(), vec![10u64, 30].into());
+        let mut b = a.clone();
+        b.extra.insert(FLOW_RECEIVED_KEY.into(), vec![20u64].into());
+        a.merge(&b);
+        let f = a.fairness().unwrap();
+        assert_eq!((f.flows, f.min_pps, f.max_pps), (3, 10.0, 30.0));
+        assert!(
+            a.summary()
+                .contains("fairness   3 flows: packets/s min 10, mean 20, max 30")
+        );
+    }
 
     fn sample() -> Report {
         let mut r = Report::new("pairs", "http://127.0.0.1:1/derp");
