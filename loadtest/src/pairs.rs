@@ -239,6 +239,11 @@ struct Flow {
     sent: AtomicU64,
     /// Authentic data packets the receiver has counted, owned by the receiver.
     received: AtomicU64,
+    /// Highest sequence number the receiver has seen, owned by the receiver. A relay delivers
+    /// a flow in order, so every lower number has arrived or was dropped: the windowed sender
+    /// counts in flight from here, not from `received`, or each drop would shrink its window
+    /// for good (a lossy relay would then look faster per packet and slower overall).
+    highest: AtomicU64,
     notify: tokio::sync::Notify,
 }
 
@@ -1034,11 +1039,12 @@ impl Sender {
     }
 }
 
-/// Waits until fewer than `window - batch` packets are in flight, or [`WINDOW_WAIT`] passes
-/// without a delivery (those packets were dropped; waiting longer would stall for good).
+/// Waits until fewer than `window - batch` packets are in flight (sent after the highest one
+/// delivered), or [`WINDOW_WAIT`] passes without a delivery (the tail was dropped; waiting
+/// longer would stall for good).
 async fn wait_for_window(flow: &Flow, seq: u64, window: u64, batch: u64) {
     loop {
-        let in_flight = seq.saturating_sub(flow.received.load(Ordering::Relaxed));
+        let in_flight = seq.saturating_sub(flow.highest.load(Ordering::Relaxed));
         if in_flight + batch <= window {
             return;
         }
@@ -1136,9 +1142,11 @@ async fn recv_loop(
 ) -> anyhow::Result<()> {
     // The lock is only ever contended by the final tally, after this task has stopped.
     let count = |packet: &[u8]| {
-        rx.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .on_packet(packet, nanos(epoch))
+        let mut rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let data = rx.on_packet(packet, nanos(epoch));
+        flow.highest
+            .fetch_max(rx.tracker.highest(), Ordering::Relaxed);
+        data
     };
     let delivered = || {
         Progress::add(&progress.received, 1);
@@ -1223,6 +1231,22 @@ mod tests {
             punch(&mut sb, &mut nb, kb, &bb, stun.addr, t),
         );
         (ra.unwrap().is_some(), rb.unwrap().is_some())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_packets_do_not_shrink_the_window() {
+        // 10 sent; only 10 arrived (1-9 dropped by the relay, which delivers in order).
+        let flow = Flow::default();
+        flow.received.store(1, Ordering::Relaxed);
+        flow.highest.store(10, Ordering::Relaxed);
+        let t0 = Instant::now();
+        wait_for_window(&flow, 10, 4, 1).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing is in flight");
+
+        // 3 more sent, none delivered: with a window of 4 and a batch of 2 the sender waits,
+        // and gives up on them after WINDOW_WAIT without a delivery.
+        wait_for_window(&flow, 13, 4, 2).await;
+        assert_eq!(t0.elapsed(), WINDOW_WAIT);
     }
 
     #[tokio::test]

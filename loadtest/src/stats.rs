@@ -138,6 +138,11 @@ impl Default for RecvTracker {
 }
 
 impl RecvTracker {
+    /// Highest sequence number received (0: none yet; data sequence numbers start at 1).
+    pub fn highest(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
     /// Accounts for data packet `seq`.
     pub fn on_packet(&mut self, seq: u64) {
         if seq >= self.next {
