@@ -130,6 +130,13 @@ cpu_ticks() {
   sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
 }
 
+# child_ticks: CPU of this shell's reaped children (cutime + cstime), in clock ticks; the
+# loadtest runs under `timeout`, which waits for it, so the difference around a case is the
+# load client's CPU (the server is reaped only after the case).
+child_ticks() {
+  sed 's/.*) //' "/proc/$$/stat" | awk '{print $14 + $15}'
+}
+
 # A random base, so two runs at once (other sessions on this box) do not fight over ports.
 PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
 # run_case NAME LABEL plain|tls loadtest-args...: fresh server per case, JSON to $OUT.
@@ -144,12 +151,14 @@ run_case() {
   # @PID@ stands for the server's pid (idle memory).
   args=("${args[@]//@PID@/$PID}")
   log "$name / $which: loadtest ${args[*]} --url $URL"
-  local cpu0
+  local cpu0 client0
   cpu0=$(cpu_ticks "$PID")
+  client0=$(child_ticks)
   timeout 600 "$LT" "${args[@]}" --url "$URL" "${extra[@]}" --max-errors 1000000000 \
     --json "$OUT/$name.$which.json" >"$OUT/$name.$which.txt" 2>&1 || log "$name/$which exited $?"
-  # Server CPU during the case: "ticks_before ticks_after CLK_TCK".
+  # Server and load-client CPU during the case: "ticks_before ticks_after CLK_TCK".
   echo "$cpu0 $(cpu_ticks "$PID") $CLK_TCK" >"$OUT/$name.$which.cpu"
+  echo "$client0 $(child_ticks) $CLK_TCK" >"$OUT/$name.$which.clientcpu"
   stop_server "$OUT/$name.$which.died"
 }
 
