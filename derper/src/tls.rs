@@ -354,7 +354,7 @@ pub fn load(opts: &TlsOptions, server_public_key: &[u8; 32]) -> Result<TlsSetup,
         CertMode::Manual => {}
         CertMode::LetsEncrypt => return Err(TlsError::UnsupportedCertMode("letsencrypt")),
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(server_provider());
     if opts.cert_dir.as_os_str().is_empty() {
         return Err(TlsError::MissingCertDir);
     }
@@ -423,7 +423,7 @@ pub(crate) fn acme_setup(
     challenges: Arc<crate::acme::Challenges>,
     server_public_key: &[u8; 32],
 ) -> Result<TlsSetup, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(server_provider());
     let hosts = hostnames
         .iter()
         .map(|h| Host::parse(h))
@@ -467,7 +467,32 @@ pub(crate) fn acme_setup(
     })
 }
 
-/// The main listener's config around `resolver`: TLS 1.2+, ALPN `http/1.1`.
+/// The ring provider with its cipher suites in Go's server order: Go's `crypto/tls` server
+/// picks from its own list (AES-128-GCM, then AES-256-GCM, then ChaCha20 on machines with
+/// AES hardware), not the client's. Tailscale clients get the same suite from us as from
+/// derper, and a client that lists AES-256 first (rustls does) no longer makes both ends pay
+/// for SHA-384: in a TLS connect storm the SHA-512 block function was 6.5 % of our CPU.
+fn server_provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |suite: &rustls::SupportedCipherSuite| {
+        use rustls::CipherSuite as C;
+        let bulk = match suite.suite() {
+            C::TLS13_AES_128_GCM_SHA256
+            | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+            C::TLS13_AES_256_GCM_SHA384
+            | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+            _ => 2,
+        };
+        (suite.tls13().is_none(), bulk)
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    provider
+}
+
+/// The main listener's config around `resolver`: TLS 1.2+, ALPN `http/1.1`, the server's
+/// cipher-suite order (see [`server_provider`]).
 fn server_config(
     provider: &Arc<CryptoProvider>,
     resolver: &Arc<SniResolver>,
@@ -478,6 +503,7 @@ fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -974,6 +1000,7 @@ mod tests {
         chain: Vec<CertificateDer<'static>>,
         learned: Option<([u8; 32], u8)>,
         alpn: Option<Vec<u8>>,
+        suite: Option<rustls::CipherSuite>,
     }
 
     /// Serves one connection with `config` and dials it as `name` with `verify`.
@@ -1013,11 +1040,42 @@ mod tests {
                 chain: conn.peer_certificates().unwrap_or_default().to_vec(),
                 learned: server_key_from_connection(conn),
                 alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
             })
         }
         .await;
         drop(server); // it finishes by itself once the client is gone
         result
+    }
+
+    #[tokio::test]
+    async fn server_picks_aes_128_like_go_whatever_the_client_prefers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let setup = load(&opts(tmp.path(), "127.0.0.1"), &server_key()).expect("load");
+        // rustls clients (loadtest, our mesh links) list AES-256 first.
+        let client = client_config(ServerVerify::Insecure);
+        assert_eq!(
+            client.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let seen = handshake_with(setup.config.clone(), client, "127.0.0.1")
+            .await
+            .expect("handshake");
+        assert_eq!(
+            seen.suite,
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        // TLS 1.2 suites keep the same preference behind every TLS 1.3 one.
+        let order: Vec<_> = server_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(order[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(
+            order[3],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        );
     }
 
     #[tokio::test]
