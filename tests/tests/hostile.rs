@@ -14,9 +14,9 @@
 //! run by this test) and `tls` (manual certificate for the DNS name `localhost`, so SNI is
 //! checked).
 //!
-//! Three lists: [`cases`] (must pass), [`fixes13_cases`] (behaviour being fixed in branch
-//! `fixes13`; they fail before it is merged) and [`known_bug_cases`] (bugs not fixed here; its
-//! test is ignored with the reason). Adding a case is one `case(...)` line.
+//! Three lists, all run by one test: [`cases`], [`strict_handshake_cases`] (the strict parsers
+//! this battery's first run asked for: each failed before its fix) and
+//! [`websocket_close_cases`]. Adding a case is one `case(...)` line.
 
 mod common;
 
