@@ -73,5 +73,18 @@ for ((m = 0; m <= MINUTES; m++)); do
     kill -HUP "$A_PID"
     if ((m % 5 == 4)); then kill "$B_PID"; wait "$B_PID" 2>/dev/null || true; start_b; fi
 done
+# Once the load has stopped, wait (up to a minute) for its clients to be gone, then take one
+# more sample: the descriptors a relay keeps with nobody connected but its mesh peer.
+for p in "${pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
+for _ in $(seq 60); do
+    conns=$(metric derp_current_connections)
+    ((${conns:-0} <= 1)) && break
+    sleep 1
+done
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$A_PID/status")
+thr=$(awk '/Threads/ {print $2}' "/proc/$A_PID/status")
+fds=$(ls "/proc/$A_PID/fd" | wc -l)
+echo "$((MINUTES + 1)),$rss,$fds,$thr,${conns:-0},$(metric 'derp_packets_dropped_total{reason="queue_head",kind="other"}'),$(metric 'derp_mesh_links{state="up"}')" |
+    tee -a "$OUT/samples.csv"
 python3 "$REPO/bench/soak_plot.py" "$OUT/samples.csv" "$OUT/soak.svg" | tee "$OUT/verdict.txt"
 echo "command: bench/soak.sh $MINUTES" >>"$OUT/verdict.txt"

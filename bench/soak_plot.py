@@ -47,7 +47,8 @@ def main(csv_path, svg_path):
     print(f"RSS after warm-up, under load: first {base:.0f} KiB, last {after[-1]['rss_kb']:.0f} KiB, "
           f"largest deviation {worst * 100:.1f} % at minute {worst_row['minute']:.0f} (limit 5 %)")
     print(f"samples over 5 %: {sum(abs(r['rss_kb'] - base) / base > 0.05 for r in after)} of {len(after)}")
-    print(f"descriptors once the load ended: {rows[-1]['fds']:.0f}")
+    print(f"descriptors once the load ended: {rows[-1]['fds']:.0f} "
+          f"({rows[-1]['connections']:.0f} connections left)")
     print(f"descriptors after warm-up: {after[0]['fds']:.0f} -> {after[-1]['fds']:.0f}")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
