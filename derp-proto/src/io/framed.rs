@@ -50,12 +50,6 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
         }
     }
 
-    /// The next frame if it is already buffered, without touching the socket: the caller's
-    /// fast path, skipping whatever else it would wait on beside a read.
-    pub fn next_buffered(&mut self) -> Result<Option<RawFrame>, ReadFrameError> {
-        Ok(self.decoder.decode(&mut self.buf)?)
-    }
-
     /// Reads the next frame. Packet payloads are split out of the read buffer without copying.
     ///
     /// Cancel-safe: bytes read so far stay buffered for the next call.

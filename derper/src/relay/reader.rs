@@ -53,19 +53,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
         // One pending receive at a time, kept across loop turns (it loses nothing if dropped).
         let mut next_datagram: Option<DatagramFuture> = datagrams.as_mut().map(|d| d.recv());
         loop {
-            // Fast path: a frame already buffered from the last read needs no select (whose
-            // cancellation future registers and deregisters a waiter under a lock on every
-            // turn). The timers and datagrams wait until the buffer is worked through, which
-            // the per-frame budget below bounds.
-            let buffered = if conn.cancel.is_cancelled() {
-                None
-            } else {
-                reader.next_buffered()?
-            };
-            let frame = if let Some(frame) = buffered {
-                frame
-            } else {
-                tokio::select! {
+            let frame = tokio::select! {
                 biased;
                 _ = conn.cancel.cancelled() => return Ok(()),
                 _ = keepalive.tick() => {
@@ -100,7 +88,6 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(
                         _ => None,
                     };
                     continue;
-                }
                 }
             };
             if !conn.is_mesh {
