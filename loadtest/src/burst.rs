@@ -319,7 +319,6 @@ async fn recv_loop(
     epoch: Instant,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut scratch = Vec::new();
     loop {
         let msg = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -329,8 +328,6 @@ async fn recv_loop(
             continue;
         };
         let now_ns = epoch.elapsed().as_nanos() as u64;
-        scratch.clear();
-        scratch.extend_from_slice(&packet);
         let mut t = tally
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -338,7 +335,7 @@ async fn recv_loop(
             t.foreign += 1;
             continue;
         }
-        match codec.decode(&mut scratch) {
+        match codec.decode(&packet) {
             Ok(d) if d.ty == payload::TYPE_DATA => {
                 if t.on_seq(d.seq, packet.len(), d.sent_ns, now_ns).is_some() {
                     arrived.notify_one();

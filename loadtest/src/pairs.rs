@@ -1062,12 +1062,11 @@ async fn wait_for_window(flow: &Flow, seq: u64, window: u64, batch: u64) {
 #[non_exhaustive]
 pub struct Receiver {
     codec: PacketCodec,
-    scratch: Vec<u8>,
     /// Order, loss and duplication of data packets.
     pub tracker: RecvTracker,
     /// One-way latency of data packets in microseconds.
     pub latency_us: Histogram,
-    /// Packets that failed authentication.
+    /// Packets that failed authentication or whose filler was changed.
     pub corrupted: u64,
     /// Packets that were not ours at all (wrong pair, too short, unknown type).
     pub foreign: u64,
@@ -1082,7 +1081,6 @@ impl Receiver {
     pub fn new(codec: PacketCodec) -> Self {
         Self {
             codec,
-            scratch: Vec::new(),
             tracker: RecvTracker::default(),
             latency_us: Histogram::default(),
             corrupted: 0,
@@ -1103,9 +1101,7 @@ impl Receiver {
             self.foreign += 1;
             return false;
         }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(packet);
-        match self.codec.decode(&mut self.scratch) {
+        match self.codec.decode(packet) {
             Ok(d) if d.ty == payload::TYPE_DATA => {
                 self.tracker.on_packet(d.seq);
                 self.latency_us
