@@ -149,6 +149,8 @@ def metrics(name, r):
 
 def fmt(v):
     if isinstance(v, float):
+        if abs(v) < 2:
+            return f"{v:.3f}"  # fairness figures and small losses need the digits
         return f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
     return f"{v:,}"
 
