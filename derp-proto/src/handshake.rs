@@ -306,9 +306,25 @@ pub fn write_client_info(
     server_key: &NodePublicKey,
     info: &ClientInfo,
 ) {
-    let sealed = client.seal_to(server_key, &info.to_json());
+    write_client_info_with(
+        buf,
+        &client.public_key(),
+        &client.shared_box(server_key),
+        info,
+    );
+}
+
+/// Client side: writes ClientInfo sealed with `shared`, the box between `client` and the
+/// server's key, so [`read_server_info_with`] opens ServerInfo without a second X25519.
+pub fn write_client_info_with(
+    buf: &mut impl BufMut,
+    client: &NodePublicKey,
+    shared: &SharedBox,
+    info: &ClientInfo,
+) {
+    let sealed = shared.seal(&info.to_json());
     write_frame_header(buf, FrameType::CLIENT_INFO, KEY_LEN + sealed.len());
-    buf.put_slice(client.public_key().as_bytes());
+    buf.put_slice(client.as_bytes());
     buf.put_slice(&sealed);
 }
 
@@ -316,6 +332,14 @@ pub fn write_client_info(
 pub fn read_server_info(
     client: &NodeSecretKey,
     server_key: &NodePublicKey,
+    frame: &RawFrame,
+) -> Result<ServerInfo, HandshakeError> {
+    read_server_info_with(&client.shared_box(server_key), frame)
+}
+
+/// Client side: opens the ServerInfo frame with the box ClientInfo was sealed with.
+pub fn read_server_info_with(
+    shared: &SharedBox,
     frame: &RawFrame,
 ) -> Result<ServerInfo, HandshakeError> {
     if frame.ty != FrameType::SERVER_INFO {
@@ -328,9 +352,7 @@ pub fn read_server_info(
     if !(NONCE_LEN..=crate::consts::MAX_SERVER_INFO_LEN).contains(&len) {
         return Err(HandshakeError::BadLength { ty: frame.ty, len });
     }
-    let json = client
-        .open_from(server_key, &frame.payload)
-        .ok_or(HandshakeError::BoxOpen)?;
+    let json = shared.open(&frame.payload).ok_or(HandshakeError::BoxOpen)?;
     ServerInfo::from_json(&json)
 }
 

@@ -82,6 +82,8 @@ impl<S: Stream> Client<S> {
         if opts.refuse_server_key == Some(server_key) {
             return Err(ClientError::RefusedServerKey(server_key));
         }
+        // One X25519 for both boxes: ClientInfo is sealed and ServerInfo opened with it.
+        let shared = secret.shared_box(&server_key);
         match opts.info_sent_to {
             // ClientInfo already went out with the request; the ServerKey must agree with the
             // key it was sealed to, or the server cannot open it.
@@ -93,12 +95,17 @@ impl<S: Stream> Client<S> {
             }
             Some(_) => {}
             None => {
-                handshake::write_client_info(writer.buffer(), secret, &server_key, &opts.info);
+                handshake::write_client_info_with(
+                    writer.buffer(),
+                    &secret.public_key(),
+                    &shared,
+                    &opts.info,
+                );
                 writer.flush().await.map_err(ClientError::Write)?;
             }
         }
         let frame = reader.read_frame().await?;
-        let server_info = handshake::read_server_info(secret, &server_key, &frame)?;
+        let server_info = handshake::read_server_info_with(&shared, &frame)?;
         Ok(Self {
             reader: ClientReader { inner: reader },
             writer: ClientWriter { inner: writer },
