@@ -184,6 +184,21 @@ v=float(m[1]); print(v/1000 if m[2]=='ms' else v*60 if m[2]=='m' else v)")
   stop_server
 }
 
+# open_loop_at PREFIX SERVER "PCTS": 1 300-byte plain pairs, open loop at each PCT % of SERVER's
+# closed-loop peak (tput-1300-plain), split evenly over the 2 x PAIRS senders; cases PREFIX-PCT.
+open_loop_at() {
+  local prefix=$1 server=$2 pcts=$3 peak pct rate
+  peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.$server.json" 2>/dev/null || echo 0)
+  if ! [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
+    log "$prefix: needs the tput scenario first"
+    return
+  fi
+  for pct in $pcts; do
+    rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
+    all "$prefix-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
+  done
+}
+
 CASES=0
 # Every server, the order rotating from case to case so none always gets the cooler machine.
 all() {
@@ -213,31 +228,14 @@ for s in $SCENARIOS; do
       all tput-100-tls tls pairs --pairs "$PAIRS" --size 100 --max --window "$WINDOW" --duration "$DURATION"
       ;;
     latency)
-      # Offered load at 50 % and 150 % of the newest Go derper's measured peak (1 300-byte,
-      # plain, closed loop), open loop at a fixed rate.
-      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.$GO_NEW_LABEL.json" 2>/dev/null || echo 0)
-      if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
-        for pct in 50 150; do
-          rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
-          all "latency-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
-        done
-      else
-        log "latency: needs the tput scenario first"
-      fi
+      # Offered load at 50 % and 150 % of the newest Go derper's measured peak.
+      open_loop_at latency "$GO_NEW_LABEL" "50 150"
       ;;
     sweep)
-      # Open loop at fixed rates: SWEEP_PCTS % of our own closed-loop peak, split evenly over
-      # the 2 x PAIRS senders. The same offered rates for every server, so the plot compares
-      # how each copes with the same push; the client reports what it actually offered.
-      peak=$(jq -r '.traffic.packets_per_sec' "$OUT/tput-1300-plain.ours.json" 2>/dev/null || echo 0)
-      if [ "${peak%.*}" -gt 0 ] 2>/dev/null; then
-        for pct in $SWEEP_PCTS; do
-          rate=$(python3 -c "print(max(1.0, $peak * $pct / 100 / (2 * $PAIRS)))")
-          all "sweep-1300-$pct" plain pairs --pairs "$PAIRS" --size 1300 --rate "$rate" --duration "$DURATION"
-        done
-      else
-        log "sweep: needs the tput scenario first"
-      fi
+      # SWEEP_PCTS % of our own closed-loop peak. The same offered rates for every server, so
+      # the plot compares how each copes with the same push; the client reports what it
+      # actually offered.
+      open_loop_at sweep-1300 ours "$SWEEP_PCTS"
       ;;
     stun)
       log "stun: bench/stun/run.sh (ROUNDS=$STUN_ROUNDS SOCKETS=$STUN_SOCKETS)"
