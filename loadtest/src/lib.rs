@@ -4,7 +4,7 @@
 //! the same workload gives side-by-side numbers. Scenarios:
 //!
 //! - [`pairs`]: N pairs of simulated peers, optionally behind simulated NATs that decide whether
-//!   hole punching succeeds, exchanging authenticated WireGuard-shaped packets;
+//!   hole punching succeeds, exchanging checked WireGuard-shaped packets;
 //! - [`idle`]: hold N connections and measure the server's memory per connection;
 //! - [`storm`]: M clients reconnecting at once;
 //! - [`probe`]: check every node of a DERP map;

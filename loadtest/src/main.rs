@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// N pairs of peers exchanging authenticated WireGuard-shaped packets, with optional NAT
+    /// N pairs of peers exchanging checked WireGuard-shaped packets, with optional NAT
     /// simulation and hole punching.
     Pairs(PairsArgs),
     /// Like `pairs`, but the two peers of each pair sit on different relays (needs meshing).

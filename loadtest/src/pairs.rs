@@ -237,7 +237,7 @@ struct ReadyPeer {
 struct Flow {
     /// Data packets the sender has written (or deliberately skipped), owned by the sender.
     sent: AtomicU64,
-    /// Authentic data packets the receiver has counted, owned by the receiver.
+    /// Data packets that passed their checks, counted by the receiver, owned by the receiver.
     received: AtomicU64,
     /// Highest sequence number the receiver has seen, owned by the receiver. A relay delivers
     /// a flow in order, so every lower number has arrived or was dropped: the windowed sender
@@ -1072,7 +1072,7 @@ pub struct Receiver {
     pub foreign: u64,
     /// Handshake-shaped messages received.
     pub handshakes: u64,
-    /// Bytes of authenticated data packets.
+    /// Bytes of data packets that passed their checks.
     pub bytes: u64,
 }
 
@@ -1091,7 +1091,7 @@ impl Receiver {
     }
 
     /// Accounts for one packet that arrived at `now_ns` (nanoseconds since the run's epoch).
-    /// Returns whether it was an authentic data packet.
+    /// Returns whether it was a data packet that passed its checks.
     pub fn on_packet(&mut self, packet: &[u8], now_ns: u64) -> bool {
         if derp_proto::disco::looks_like_disco(packet) {
             // Late disco from punching; not data.

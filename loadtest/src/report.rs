@@ -108,7 +108,7 @@ pub struct NatCounts {
 pub struct Traffic {
     /// Data packets written.
     pub sent: u64,
-    /// Distinct data packets received and authenticated.
+    /// Distinct data packets received that passed their checks.
     pub received: u64,
     /// `sent - received`: never arrived (or arrived after the drain period).
     pub lost: u64,
@@ -118,7 +118,7 @@ pub struct Traffic {
     pub reordered: u64,
     /// Arrived more than once.
     pub duplicated: u64,
-    /// Failed authentication: bytes changed in flight.
+    /// Failed the check value or filler comparison: bytes changed in flight.
     pub corrupted: u64,
     /// Not a loadtest packet at all.
     pub foreign: u64,

@@ -191,7 +191,7 @@ pub struct Progress {
     pub connected: AtomicU64,
     /// Data packets sent.
     pub sent: AtomicU64,
-    /// Data packets received and authenticated.
+    /// Data packets received that passed their checks.
     pub received: AtomicU64,
     /// Peer errors so far.
     pub errors: AtomicU64,
