@@ -58,15 +58,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("derper: starting runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +69,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The multi-threaded runtime every command runs on; on failure, says why and gives the exit
+/// code.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("derper: starting runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// `derper derp-map check FILE|URL …`: exit 0 when every node passed, 1 when one failed, 2 on
@@ -89,15 +95,9 @@ fn derp_map_command(rest: &[String]) -> ExitCode {
         std::iter::once("derper derp-map check".to_string()).chain(rest[1..].iter().cloned()),
     )
     .unwrap_or_else(|e| e.exit());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("derper: starting runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(derper::derpmap_check::run(args)) {
         Ok(true) => ExitCode::SUCCESS,
