@@ -16,6 +16,8 @@ cd "$REPO"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 STRICT=0
 [[ "${CI:-}" == "true" ]] && STRICT=1
+# A clean CI build gains nothing from incremental state, and it is the largest part of target/.
+[[ $STRICT -eq 1 ]] && export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 passed=0
 failed=0
@@ -34,7 +36,7 @@ step() {
     else
         failed=$((failed + 1))
         failures+=("$name")
-        echo "<== ${name}: FAILED ($((SECONDS - start)) s)"
+        echo "<== ${name}: FAILED ($((SECONDS - start)) s); disk free here: $(df -h --output=avail . | tail -1)"
     fi
 }
 
@@ -158,5 +160,6 @@ if ((${#failures[@]})); then
     echo "Failed:"
     printf '  - %s\n' "${failures[@]}"
 fi
+echo "disk: target/ $(du -sh target 2>/dev/null | cut -f1), .tools/ $(du -sh .tools 2>/dev/null | cut -f1), free $(df -h --output=avail . | tail -1)"
 echo "steps: ${passed} passed, ${failed} failed"
 [[ $failed -eq 0 ]]
