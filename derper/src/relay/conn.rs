@@ -201,7 +201,8 @@ struct Outbox {
     /// pay one pointer for it.
     presence: Option<Box<PendingPresence>>,
     writer: WriterState,
-    /// When the writer's current socket write began, while one is in progress.
+    /// Since when the writer has waited on a socket that could not take its write (a write
+    /// the socket takes at once is never stamped).
     writing_since: Option<Instant>,
     /// Set once the connection ends; nothing is queued after that.
     closed: bool,
@@ -222,7 +223,7 @@ impl Outbox {
     }
 
     /// Whether the writer is moving data right now: spawned or woken and about to run, busy
-    /// encoding, or inside a socket write that began moments ago. Not when parked, held by
+    /// encoding, or waiting moments on a full socket. Not when parked, held by
     /// the handshake, or waiting on a socket that has not taken bytes for [`STUCK_AFTER`].
     fn writer_keeping_up(&self) -> bool {
         match self.writer {
@@ -242,8 +243,8 @@ const BURST_FACTOR: usize = 8;
 /// packets stretch a lane by at most 16 (so a lane holds at most this plus depth × 64 KiB).
 const BURST_BYTES: usize = 1 << 20;
 
-/// A socket write pending longer than this means the receiver is not keeping up (a write to a
-/// socket with room completes in microseconds).
+/// A write the socket has not taken for this long means the receiver is not keeping up (a
+/// socket with room takes a write at once, and that is never stamped).
 const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The socket's write half and the writer's memory that outlives one writer task.
@@ -602,12 +603,13 @@ impl Conn {
         true
     }
 
-    /// Records that a socket write began at `now` (see [`Outbox::writer_keeping_up`]).
+    /// Records that the socket could not take a write at `now`, so the writer waits on it (see
+    /// [`Outbox::writer_keeping_up`]).
     pub(crate) fn write_started(&self, now: Instant) {
         self.outbox().writing_since = Some(now);
     }
 
-    /// Records that the socket write finished.
+    /// Records that the write the writer waited on finished.
     pub(crate) fn write_ended(&self) {
         self.outbox().writing_since = None;
     }
@@ -737,7 +739,7 @@ mod tests {
             "stretched to the bound, no further"
         );
         assert_eq!(got[0], 3, "beyond the bound the oldest still go");
-        // A write that began just now still counts as keeping up; one stuck for longer
+        // A write the socket refused just now still counts as keeping up; one stuck for longer
         // does not.
         c.write_started(Instant::now());
         assert!(c.outbox().writer_keeping_up());

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -110,27 +111,40 @@ async fn run(relay: &Inner, conn: &Conn) -> Result<(), WriteError> {
         }
         lingered = false;
 
+        if conn.cancel.is_cancelled() {
+            return Ok(());
+        }
         let Sink { io, seen_src } = &mut sink;
-        conn.write_started(Instant::now());
         let written = {
             let write = deadline(write_timeout, io.write(&out));
             tokio::pin!(write);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = conn.cancel.cancelled() => return Ok(()),
-                    r = &mut write => break r,
-                    _ = conn.lane_filling(), if next.len() < WRITE_BUFFER_CAP => {
-                        while next.len() < WRITE_BUFFER_CAP
-                            && conn.take_batch(&mut batch, MAX_BATCH_FRAMES)
-                        {
-                            next_stats.add(encode_frames(relay, conn, seen_src, &mut batch, &mut next));
+            // A socket with room takes the write in its first poll. Only a write the socket
+            // cannot take marks the writer as waiting (`Outbox::writer_keeping_up`): stamping
+            // every write would let a thread the OS preempts between the stamp and the end of
+            // a write that went through look like a stuck receiver, and cost bursts their slack.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    conn.write_started(Instant::now());
+                    let r = loop {
+                        tokio::select! {
+                            biased;
+                            _ = conn.cancel.cancelled() => return Ok(()),
+                            r = &mut write => break r,
+                            _ = conn.lane_filling(), if next.len() < WRITE_BUFFER_CAP => {
+                                while next.len() < WRITE_BUFFER_CAP
+                                    && conn.take_batch(&mut batch, MAX_BATCH_FRAMES)
+                                {
+                                    next_stats.add(encode_frames(relay, conn, seen_src, &mut batch, &mut next));
+                                }
+                            }
                         }
-                    }
+                    };
+                    conn.write_ended();
+                    r
                 }
             }
         };
-        conn.write_ended();
         let result = match written {
             Ok(0) => Err(WriteError::Io(std::io::ErrorKind::WriteZero.into())),
             Ok(n) => {
