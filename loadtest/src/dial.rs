@@ -4,9 +4,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use derp_proto::NodeSecretKey;
 use derp_proto::io::tls::ServerVerify;
 use derp_proto::io::{Client, ConnectOptions, Transport};
+use derp_proto::key::SharedBox;
+use derp_proto::{NodePublicKey, NodeSecretKey};
 
 /// Connection settings shared by every peer of a run.
 #[derive(Debug, Clone)]
@@ -65,6 +66,19 @@ impl DialOptions {
         i: u64,
         url_idx: usize,
     ) -> anyhow::Result<Client> {
+        self.reconnect(secret, i, url_idx, None).await
+    }
+
+    /// [`connect`](Self::connect), reusing the box `secret` shares with a server it met before
+    /// ([`Client::shared_box`]): a reconnect to that server computes no X25519, as a real
+    /// client's would not need to, so a handshake storm measures the relay, not the client.
+    pub async fn reconnect(
+        &self,
+        secret: NodeSecretKey,
+        i: u64,
+        url_idx: usize,
+        shared_box: Option<(NodePublicKey, SharedBox)>,
+    ) -> anyhow::Result<Client> {
         let idx = url_idx % self.urls.len().max(1);
         let url = self.urls.get(idx).context("no relay URL")?;
         let mut o = ConnectOptions::new(url.clone(), secret);
@@ -72,6 +86,7 @@ impl DialOptions {
         o.transport = self.transport;
         o.verify = self.verify.clone();
         o.connect_timeout = self.connect_timeout;
+        o.shared_box = shared_box;
         if !self.source_ips.is_empty() {
             o.local_addr = Some(self.source_ips[(i % self.source_ips.len() as u64) as usize]);
         }

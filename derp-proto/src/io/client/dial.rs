@@ -12,7 +12,7 @@ use super::{Client, ClientError, HandshakeOptions};
 use crate::handshake::ClientInfo;
 use crate::io::BoxStream;
 use crate::io::tls::{ServerVerify, client_config, server_key_from_connection};
-use crate::key::{MeshKey, NodePublicKey, NodeSecretKey};
+use crate::key::{MeshKey, NodePublicKey, NodeSecretKey, SharedBox};
 
 /// How the DERP byte stream is carried after HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +52,9 @@ pub struct ConnectOptions {
     /// Stop before sending anything if the server presents this key (a relay's own key, for
     /// its mesh links); see [`HandshakeOptions::refuse_server_key`].
     pub refuse_server_key: Option<NodePublicKey>,
+    /// A box the secret key already shares with a server ([`Client::shared_box`] of an earlier
+    /// connection to it): a reconnect that meets the same server key computes no X25519.
+    pub shared_box: Option<(NodePublicKey, SharedBox)>,
 }
 
 impl ConnectOptions {
@@ -70,6 +73,7 @@ impl ConnectOptions {
             local_addr: None,
             dial_addr: None,
             refuse_server_key: None,
+            shared_box: None,
         }
     }
 
@@ -130,16 +134,35 @@ async fn connect_inner(opts: &ConnectOptions) -> Result<Client, ClientError> {
         info: opts.client_info(),
         info_sent_to: None,
         refuse_server_key: opts.refuse_server_key,
+        shared_box: opts.shared_box.clone(),
     };
     let (stream, leftover) = match opts.transport {
         Transport::WebSocket => (websocket(stream, &target).await?, Default::default()),
         Transport::Upgrade => {
-            let fast_key = metacert_key.filter(|_| opts.fast_start);
+            // Fast start seals ClientInfo to the metacert's key now; the handshake then opens
+            // ServerInfo with the same box, so the connection costs one X25519 (or none).
+            let fast = metacert_key.filter(|_| opts.fast_start).map(|key| {
+                let shared = match &opts.shared_box {
+                    Some((known, shared)) if *known == key => shared.clone(),
+                    _ => opts.secret.shared_box(&key),
+                };
+                (key, shared)
+            });
+            if fast.is_some() {
+                handshake.shared_box = fast.clone();
+            }
             let Upgraded {
                 stream,
                 leftover,
                 info_sent_to,
-            } = http_upgrade(stream, &target, &opts.secret, &handshake.info, fast_key).await?;
+            } = http_upgrade(
+                stream,
+                &target,
+                &opts.secret,
+                &handshake.info,
+                fast.as_ref(),
+            )
+            .await?;
             handshake.info_sent_to = info_sent_to;
             (stream, leftover)
         }

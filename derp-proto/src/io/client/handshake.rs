@@ -7,7 +7,7 @@ use crate::frame::FrameDecoder;
 use crate::handshake::{self, ClientInfo};
 use crate::io::Stream;
 use crate::io::framed::{FramedRead, FramedWrite};
-use crate::key::{MeshKey, NodePublicKey, NodeSecretKey};
+use crate::key::{MeshKey, NodePublicKey, NodeSecretKey, SharedBox};
 
 /// What the client says and knows going into [`Client::handshake_over`].
 #[derive(Debug, Clone)]
@@ -24,6 +24,10 @@ pub struct HandshakeOptions {
     /// presents this key. A relay's mesh links set their own key, so a relay that finds
     /// itself in its peer list never logs in to itself.
     pub refuse_server_key: Option<NodePublicKey>,
+    /// A box the secret key already shares with a server ([`Client::shared_box`] of an earlier
+    /// connection). If the server presents that key, the handshake computes no X25519: a
+    /// client reconnecting to the same server pays for the key agreement once.
+    pub shared_box: Option<(NodePublicKey, SharedBox)>,
 }
 
 impl HandshakeOptions {
@@ -33,6 +37,7 @@ impl HandshakeOptions {
             info: ClientInfo::new(),
             info_sent_to: None,
             refuse_server_key: None,
+            shared_box: None,
         }
     }
 
@@ -82,8 +87,11 @@ impl<S: Stream> Client<S> {
         if opts.refuse_server_key == Some(server_key) {
             return Err(ClientError::RefusedServerKey(server_key));
         }
-        // One X25519 for both boxes: ClientInfo is sealed and ServerInfo opened with it.
-        let shared = secret.shared_box(&server_key);
+        // At most one X25519 for both boxes: ClientInfo is sealed and ServerInfo opened with it.
+        let shared = match &opts.shared_box {
+            Some((key, shared)) if *key == server_key => shared.clone(),
+            _ => secret.shared_box(&server_key),
+        };
         match opts.info_sent_to {
             // ClientInfo already went out with the request; the ServerKey must agree with the
             // key it was sealed to, or the server cannot open it.
@@ -113,6 +121,7 @@ impl<S: Stream> Client<S> {
             server_info,
             local_addr: None,
             public_key: secret.public_key(),
+            shared_box: shared,
         })
     }
 }
@@ -154,6 +163,41 @@ mod tests {
         handshake::write_server_info_to(&mut buf, &hello, &ServerInfo::new());
         w.write_all(&buf).await.expect("write server info");
         (hello, reader, w)
+    }
+
+    /// A reconnect reuses the box of an earlier handshake with the same server (the server
+    /// opens ClientInfo with it, so a wrong box fails), and ignores a box for another key.
+    #[tokio::test]
+    async fn reconnect_reuses_the_box_only_for_the_same_server_key() {
+        let secret = NodeSecretKey::from_bytes(CLIENT);
+        let login = |opts: HandshakeOptions| {
+            let secret = secret.clone();
+            async move {
+                let (client_io, server_io) = tokio::io::duplex(4096);
+                let server = tokio::spawn(serve_handshake(server_io, false));
+                let client = Client::handshake_over(client_io, BytesMut::new(), &secret, &opts)
+                    .await
+                    .expect("handshake");
+                let (hello, _, _) = server.await.expect("server");
+                assert_eq!(hello.client_key, secret.public_key());
+                client
+            }
+        };
+        let first = login(HandshakeOptions::new()).await;
+        let (server_key, shared) = first.shared_box();
+        assert_eq!(server_key, NodeSecretKey::from_bytes(SERVER).public_key());
+
+        let mut again = HandshakeOptions::new();
+        again.shared_box = Some((server_key, shared));
+        let second = login(again).await;
+        assert_eq!(second.server_key(), server_key);
+
+        // A box recorded for some other server is not used: this one still logs in.
+        let other = NodeSecretKey::from_bytes([5; 32]).public_key();
+        let mut stale = HandshakeOptions::new();
+        stale.shared_box = Some((other, secret.shared_box(&other)));
+        let third = login(stale).await;
+        assert_eq!(third.server_key(), server_key);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use crate::consts::{KEY_LEN, MAX_PACKET_SIZE};
 use crate::error::HandshakeError;
 use crate::frame::{ClientToServer, FrameType, ServerToClient, write_frame_header};
 use crate::handshake::ServerInfo;
-use crate::key::NodePublicKey;
+use crate::key::{NodePublicKey, SharedBox};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,8 @@ pub struct Client<S = BoxStream> {
     server_info: ServerInfo,
     local_addr: Option<SocketAddr>,
     public_key: NodePublicKey,
+    /// The box sealed ClientInfo and opened ServerInfo, kept for [`Client::shared_box`].
+    shared_box: SharedBox,
 }
 
 impl<S> std::fmt::Debug for Client<S> {
@@ -118,6 +120,12 @@ impl<S: Stream> Client<S> {
     /// The server's DERP public key.
     pub fn server_key(&self) -> NodePublicKey {
         self.server_key
+    }
+
+    /// The server's key and the box this client's key shares with it, for
+    /// [`ConnectOptions::shared_box`](crate::io::ConnectOptions::shared_box) on a reconnect.
+    pub fn shared_box(&self) -> (NodePublicKey, SharedBox) {
+        (self.server_key, self.shared_box.clone())
     }
 
     /// What the server said in ServerInfo.

@@ -7,7 +7,7 @@ use super::ClientError;
 use crate::consts::{DERP_PATH, WEBSOCKET_PROTOCOL};
 use crate::handshake::{self, ClientInfo};
 use crate::io::{BoxStream, Stream, WsStream};
-use crate::key::{NodePublicKey, NodeSecretKey};
+use crate::key::{NodePublicKey, NodeSecretKey, SharedBox};
 
 /// Longest HTTP response head accepted before the upgrade is declared broken.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -83,8 +83,9 @@ pub(super) async fn http_upgrade<S: Stream>(
     target: &Target,
     secret: &NodeSecretKey,
     info: &ClientInfo,
-    fast_key: Option<NodePublicKey>,
+    fast: Option<&(NodePublicKey, SharedBox)>,
 ) -> Result<Upgraded<S>, ClientError> {
+    let fast_key = fast.map(|(key, _)| *key);
     let mut req = BytesMut::with_capacity(512);
     req.put_slice(
         format!(
@@ -98,8 +99,8 @@ pub(super) async fn http_upgrade<S: Stream>(
         req.put_slice(b"Derp-Fast-Start: 1\r\n");
     }
     req.put_slice(b"\r\n");
-    if let Some(key) = fast_key {
-        handshake::write_client_info(&mut req, secret, &key, info);
+    if let Some((_, shared)) = fast {
+        handshake::write_client_info_with(&mut req, &secret.public_key(), shared, info);
     }
     stream.write_all(&req).await.map_err(ClientError::Write)?;
     stream.flush().await.map_err(ClientError::Write)?;
