@@ -7,6 +7,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::handshake::box_for;
 use super::upgrade::{Target, Upgraded, http_upgrade, websocket};
 use super::{Client, ClientError, HandshakeOptions};
 use crate::handshake::ClientInfo;
@@ -141,13 +142,9 @@ async fn connect_inner(opts: &ConnectOptions) -> Result<Client, ClientError> {
         Transport::Upgrade => {
             // Fast start seals ClientInfo to the metacert's key now; the handshake then opens
             // ServerInfo with the same box, so the connection costs one X25519 (or none).
-            let fast = metacert_key.filter(|_| opts.fast_start).map(|key| {
-                let shared = match &opts.shared_box {
-                    Some((known, shared)) if *known == key => shared.clone(),
-                    _ => opts.secret.shared_box(&key),
-                };
-                (key, shared)
-            });
+            let fast = metacert_key
+                .filter(|_| opts.fast_start)
+                .map(|key| (key, box_for(&opts.secret, opts.shared_box.as_ref(), key)));
             if fast.is_some() {
                 handshake.shared_box = fast.clone();
             }

@@ -88,10 +88,7 @@ impl<S: Stream> Client<S> {
             return Err(ClientError::RefusedServerKey(server_key));
         }
         // At most one X25519 for both boxes: ClientInfo is sealed and ServerInfo opened with it.
-        let shared = match &opts.shared_box {
-            Some((key, shared)) if *key == server_key => shared.clone(),
-            _ => secret.shared_box(&server_key),
-        };
+        let shared = box_for(secret, opts.shared_box.as_ref(), server_key);
         match opts.info_sent_to {
             // ClientInfo already went out with the request; the ServerKey must agree with the
             // key it was sealed to, or the server cannot open it.
@@ -123,6 +120,18 @@ impl<S: Stream> Client<S> {
             public_key: secret.public_key(),
             shared_box: shared,
         })
+    }
+}
+
+/// The box `secret` shares with `server`: `known` if it was made for that key, else one X25519.
+pub(super) fn box_for(
+    secret: &NodeSecretKey,
+    known: Option<&(NodePublicKey, SharedBox)>,
+    server: NodePublicKey,
+) -> SharedBox {
+    match known {
+        Some((key, shared)) if *key == server => shared.clone(),
+        _ => secret.shared_box(&server),
     }
 }
 
